@@ -1,0 +1,111 @@
+"""spatialflow: a Dask-distributed batch engine for spatial omics data (the SpatialData model).
+
+The public API (DESIGN.md section 8) is re-exported here lazily: ``import spatialflow`` costs
+nothing until a name is used, so the command line (``spatialflow map-coords`` above all) starts
+fast while ``sf.Dataset``, ``sf.read`` ... work as usual.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
+
+try:
+    __version__ = version("spatialflow")
+except PackageNotFoundError:  # pragma: no cover - a source tree without install
+    __version__ = "0+unknown"
+
+_EXPORTS: dict[str, str] = {
+    # errors
+    **dict.fromkeys(
+        [
+            "SpatialFlowError",
+            "ValidationError",
+            "TransformError",
+            "FormatError",
+            "PlanError",
+            "ConfigError",
+            "CommitConflictError",
+        ],
+        "spatialflow.errors",
+    ),
+    # data model
+    "Dataset": "spatialflow.dataset",
+    **dict.fromkeys(
+        ["Element", "Image", "Labels", "Points", "Shapes", "Table"], "spatialflow.elements"
+    ),
+    # transformations
+    **dict.fromkeys(
+        [
+            "Transform",
+            "Identity",
+            "Translation",
+            "Scale",
+            "Affine",
+            "Rotation",
+            "MapAxis",
+            "Sequence",
+            "ByDimension",
+            "Bijection",
+            "InverseOf",
+            "get_transformation",
+            "set_transformation",
+            "get_transformation_between",
+            "align_landmarks",
+        ],
+        "spatialflow.transforms",
+    ),
+    "transform": "spatialflow.ops.transform",
+}
+_SUBMODULES = {"datasets", "transforms", "elements", "errors", "kernels", "ops"}
+
+__all__ = sorted([*_EXPORTS, *_SUBMODULES, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f"spatialflow.{name}")
+    raise AttributeError(f"module 'spatialflow' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs
+    from spatialflow import datasets as datasets
+    from spatialflow.dataset import Dataset as Dataset
+    from spatialflow.elements import Element as Element
+    from spatialflow.elements import Image as Image
+    from spatialflow.elements import Labels as Labels
+    from spatialflow.elements import Points as Points
+    from spatialflow.elements import Shapes as Shapes
+    from spatialflow.elements import Table as Table
+    from spatialflow.errors import CommitConflictError as CommitConflictError
+    from spatialflow.errors import ConfigError as ConfigError
+    from spatialflow.errors import FormatError as FormatError
+    from spatialflow.errors import PlanError as PlanError
+    from spatialflow.errors import SpatialFlowError as SpatialFlowError
+    from spatialflow.errors import TransformError as TransformError
+    from spatialflow.errors import ValidationError as ValidationError
+    from spatialflow.ops.transform import transform as transform
+    from spatialflow.transforms import Affine as Affine
+    from spatialflow.transforms import Bijection as Bijection
+    from spatialflow.transforms import ByDimension as ByDimension
+    from spatialflow.transforms import Identity as Identity
+    from spatialflow.transforms import InverseOf as InverseOf
+    from spatialflow.transforms import MapAxis as MapAxis
+    from spatialflow.transforms import Rotation as Rotation
+    from spatialflow.transforms import Scale as Scale
+    from spatialflow.transforms import Sequence as Sequence
+    from spatialflow.transforms import Transform as Transform
+    from spatialflow.transforms import Translation as Translation
+    from spatialflow.transforms import align_landmarks as align_landmarks
+    from spatialflow.transforms import get_transformation as get_transformation
+    from spatialflow.transforms import get_transformation_between as get_transformation_between
+    from spatialflow.transforms import set_transformation as set_transformation

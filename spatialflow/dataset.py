@@ -1,0 +1,191 @@
+"""Dataset: named elements of the five kinds, their coordinate systems and table links.
+
+Names follow SpatialData: letters, digits, ``_-.``, not starting with ``__``, and unique
+case-insensitively across all kinds (so a store can hold them on a case-insensitive
+filesystem). Each kind is a dict-like attribute (``ds.images``, ``ds.points`` ...); assigning to
+one validates the name and the element's kind and sets the element's ``name``.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterator, Mapping, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+from spatialflow.elements import KINDS, Element, Table, check_name
+from spatialflow.errors import ValidationError
+from spatialflow.transforms import TransformGraph
+
+if TYPE_CHECKING:
+    from spatialflow.elements import Image, Labels, Points, Shapes
+
+__all__ = ["Dataset"]
+
+
+class ElementMap(MutableMapping[str, Any]):
+    """The elements of one kind in a Dataset."""
+
+    def __init__(self, owner: Dataset, kind: str) -> None:
+        self._owner = owner
+        self._kind = kind
+        self._items: dict[str, Element] = {}
+
+    def __getitem__(self, name: str) -> Any:
+        try:
+            return self._items[name]
+        except KeyError:
+            raise KeyError(
+                f"no {self._kind[:-1]} named {name!r}; {self._kind}: {sorted(self._items)}"
+            ) from None
+
+    def __setitem__(self, name: str, element: Element) -> None:
+        cls = KINDS[self._kind]
+        if not isinstance(element, cls):
+            raise ValidationError(
+                f"{self._kind}[{name!r}]: expected a {cls.__name__}, got {type(element).__name__}"
+            )
+        check_name(name, f"{self._kind[:-1]}")
+        clash = self._owner._find_casefold(name)
+        if clash is not None and clash != (self._kind, name):
+            raise ValidationError(
+                f"{self._kind}[{name!r}]: the name clashes with "
+                f"{clash[0]}[{clash[1]!r}] (names must be unique across all "
+                "kinds, ignoring case)"
+            )
+        element.name = name
+        self._items[name] = element
+
+    def __delitem__(self, name: str) -> None:
+        del self._items[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"{self._kind}: {sorted(self._items)}"
+
+
+class Dataset:
+    """Named elements of the five kinds."""
+
+    images: ElementMap
+    labels: ElementMap
+    points: ElementMap
+    shapes: ElementMap
+    tables: ElementMap
+
+    def __init__(
+        self,
+        images: Mapping[str, Image] | None = None,
+        labels: Mapping[str, Labels] | None = None,
+        points: Mapping[str, Points] | None = None,
+        shapes: Mapping[str, Shapes] | None = None,
+        tables: Mapping[str, Table] | None = None,
+    ) -> None:
+        given = {
+            "images": images,
+            "labels": labels,
+            "points": points,
+            "shapes": shapes,
+            "tables": tables,
+        }
+        for kind in KINDS:
+            object.__setattr__(self, kind, ElementMap(self, kind))
+        for kind, elements in given.items():
+            for name, el in (elements or {}).items():
+                getattr(self, kind)[name] = el
+        self.validate_links()
+
+    def _find_casefold(self, name: str) -> tuple[str, str] | None:
+        key = name.casefold()
+        for kind in KINDS:
+            for other in getattr(self, kind):
+                if other.casefold() == key:
+                    return kind, other
+        return None
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        if key in KINDS:
+            raise AttributeError(f"assign elements by name instead: ds.{key}[name] = element")
+        object.__setattr__(self, key, value)
+
+    # --- access ----------------------------------------------------------------------
+    def items(self) -> Iterator[tuple[str, Element]]:
+        """(name, element) for every element of every kind."""
+        for kind in KINDS:
+            yield from getattr(self, kind).items()
+
+    def __getitem__(self, name: str) -> Any:
+        for kind in KINDS:
+            if name in getattr(self, kind):
+                return getattr(self, kind)[name]
+        raise KeyError(f"no element named {name!r}; elements: {[n for n, _ in self.items()]}")
+
+    def __contains__(self, name: object) -> bool:
+        return any(name in getattr(self, kind) for kind in KINDS)
+
+    def kind_of(self, name: str) -> str:
+        for kind in KINDS:
+            if name in getattr(self, kind):
+                return kind
+        raise KeyError(f"no element named {name!r}")
+
+    def __len__(self) -> int:
+        return sum(len(getattr(self, kind)) for kind in KINDS)
+
+    @property
+    def coordinate_systems(self) -> list[str]:
+        """Every coordinate system some element has a transform to, sorted."""
+        return sorted({cs for _, el in self.items() for cs in el.transforms})
+
+    def transform_graph(self) -> TransformGraph:
+        return TransformGraph.from_elements((n, el.transforms) for n, el in self.items())
+
+    def tables_annotating(self, name: str) -> dict[str, Table]:
+        return {n: t for n, t in self.tables.items() if t.annotates(name)}
+
+    def validate_links(self) -> None:
+        """Check that every table's region names elements of this Dataset."""
+        for name, table in self.tables.items():
+            missing = [r for r in table.region if r not in self]
+            if missing:
+                raise ValidationError(
+                    f"Table {name!r}: region {missing} names no element of this Dataset"
+                )
+
+    # --- reprs -----------------------------------------------------------------------
+    def __repr__(self) -> str:
+        lines = [f"spatialflow.Dataset with {len(self)} elements"]
+        for kind in KINDS:
+            m = getattr(self, kind)
+            if not len(m):
+                continue
+            lines.append(f"  {kind}:")
+            for name, el in m.items():
+                lines.append(f"    {name}: {el.summary()}")
+        cs = self.coordinate_systems
+        lines.append(f"  coordinate systems: {', '.join(cs) if cs else '-'}")
+        for cs_name in cs:
+            members = [n for n, el in self.items() if cs_name in el.transforms]
+            lines.append(f"    {cs_name}: {', '.join(members)}")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        rows = []
+        for kind in KINDS:
+            for name, el in getattr(self, kind).items():
+                cs = ", ".join(sorted(el.transforms)) or "-"
+                rows.append(
+                    f"<tr><td>{html.escape(kind)}</td><td><b>{html.escape(name)}</b></td>"
+                    f"<td>{html.escape(el.summary())}</td><td>{html.escape(cs)}</td></tr>"
+                )
+        body = "".join(rows) or "<tr><td colspan='4'><i>empty</i></td></tr>"
+        return (
+            "<div class='spatialflow-dataset'><b>spatialflow.Dataset</b> "
+            f"({len(self)} elements)<table><thead><tr><th>kind</th><th>name</th>"
+            "<th>data</th><th>coordinate systems</th></tr></thead>"
+            f"<tbody>{body}</tbody></table></div>"
+        )

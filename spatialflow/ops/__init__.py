@@ -1,0 +1,1 @@
+"""User-facing operations: each builds a lazy result; none touches a store."""
