@@ -434,9 +434,12 @@ class MapAxis(Transform):
         cls, mapping: Mapping[str, str], input_axes: Iterable[str] | None = None
     ) -> MapAxis:
         out = tuple(mapping)
-        ins = (
-            tuple(input_axes) if input_axes is not None else tuple(dict.fromkeys(mapping.values()))
-        )
+        if input_axes is not None:
+            ins = tuple(input_axes)
+        elif set(mapping.values()) == set(mapping):
+            ins = out  # a permutation: the same axes in, listed in the output's order
+        else:
+            ins = tuple(dict.fromkeys(mapping.values()))
         missing = [v for v in mapping.values() if v not in ins]
         if missing:
             raise TransformError(f"MapAxis: {missing} are not input axes {ins}")

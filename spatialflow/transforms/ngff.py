@@ -1,7 +1,9 @@
 """Read and write transforms as OME-NGFF JSON, in both dialects spatialflow meets.
 
 * **RFC-5 / ngff 0.6** (``to_ngff`` / ``from_ngff``): ``input``/``output`` are coordinate-system
-  names (or ``{"name", "path"}``), parameters follow the axis order of those coordinate systems,
+  names (or ``{"name", "path"}``), parameters follow the axis order of those coordinate systems
+  and are positional (an identity or scale between systems whose axes differ in order maps
+  position i to position i; it is read as the equivalent named Affine),
   ``mapAxis`` is an index array, ``byDimension`` items carry ``input_axes``/``output_axes`` (indices
   into the parent's axes, or names) in any of the three accepted spellings, and ``bijection`` and
   ``inverseOf`` nest other transforms.
@@ -134,11 +136,23 @@ def from_ngff(
     oa = oa or (tuple(output_axes) if output_axes is not None else None)
     what = f"{kind} transformation"
     try:
-        return _parse(kind, d, ia, oa, cs, loader, what)
+        t = _parse(kind, d, ia, oa, cs, loader, what)
+        return _positional(t, ia, oa) if kind in _SQUARE_KINDS else t
     except TransformError:
         raise
     except (TypeError, ValueError, KeyError, IndexError) as e:
         raise TransformError(f"{what}: malformed parameters ({e}) in {dict(d)!r}") from e
+
+
+_SQUARE_KINDS = ("identity", "translation", "scale", "rotation")
+
+
+def _positional(t: Transform, ia: Axes | None, oa: Axes | None) -> Transform:
+    """RFC-5 parameters are positional: a square transform between coordinate systems whose
+    axes differ in name or order maps input position i to output position i."""
+    if ia is None or oa is None or ia == oa or len(ia) != len(oa):
+        return t
+    return Affine(t.to_affine_matrix(ia, ia), ia, oa)
 
 
 def _parse(
@@ -310,7 +324,7 @@ def to_ngff(
 
 
 def _to_ngff(t: Transform, ia: Axes, oa: Axes) -> dict[str, Any]:
-    if isinstance(t, Identity):
+    if isinstance(t, Identity) and ia == oa:
         return {"type": "identity"}
     if isinstance(t, Translation | Scale) and ia == oa:
         m = t.to_affine_matrix(ia, oa)
@@ -382,11 +396,7 @@ def _sd(
         m = t.to_affine_matrix(full_in, full_in)
         v = np.diag(m)[:-1] if isinstance(t, Scale) else m[:-1, -1]
         return wrap({"type": t.type_name, t.type_name: v.tolist()}, full_in)
-    if (
-        isinstance(t, MapAxis)
-        and t.input_axes == tuple(a for a in spatial if a in t.input_axes)
-        and set(t.output_axes) == set(t.input_axes) == set(spatial)
-    ):
+    if isinstance(t, MapAxis) and set(t.output_axes) == set(t.input_axes) == set(spatial):
         out = channels + t.output_axes
         mapping = {c: c for c in channels} | t.as_names()
         return wrap({"type": "mapAxis", "mapAxis": mapping}, out)
