@@ -57,8 +57,10 @@ _EXPORTS: dict[str, str] = {
         "spatialflow.transforms",
     ),
     "transform": "spatialflow.ops.transform",
+    "read": "spatialflow.io",
+    **dict.fromkeys(["from_spatialdata", "to_spatialdata"], "spatialflow.io.convert"),
 }
-_SUBMODULES = {"datasets", "transforms", "elements", "errors", "kernels", "ops"}
+_SUBMODULES = {"datasets", "transforms", "elements", "errors", "kernels", "ops", "io", "jobs"}
 
 __all__ = sorted([*_EXPORTS, *_SUBMODULES, "__version__"])
 
@@ -93,6 +95,9 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from spatialflow.errors import SpatialFlowError as SpatialFlowError
     from spatialflow.errors import TransformError as TransformError
     from spatialflow.errors import ValidationError as ValidationError
+    from spatialflow.io import read as read
+    from spatialflow.io.convert import from_spatialdata as from_spatialdata
+    from spatialflow.io.convert import to_spatialdata as to_spatialdata
     from spatialflow.ops.transform import transform as transform
     from spatialflow.transforms import Affine as Affine
     from spatialflow.transforms import Bijection as Bijection

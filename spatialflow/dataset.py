@@ -156,6 +156,46 @@ class Dataset:
                     f"Table {name!r}: region {missing} names no element of this Dataset"
                 )
 
+    # --- storage ---------------------------------------------------------------------
+    def write(
+        self,
+        url: Any,
+        *,
+        format: str = "spatialdata",
+        message: str | None = None,
+        branch: str = "main",
+        overwrite: bool = False,
+        storage_options: dict[str, Any] | None = None,
+    ) -> str | None:
+        """Write every element to ``url``.
+
+        ``format="spatialdata"``: the SpatialData 0.8 zarr layout (a directory or fsspec URL;
+        each element is written under a temporary name and renamed when complete).
+        ``format="icechunk"``: the native layout in an Icechunk repository (created if needed),
+        written by Dask tasks into one fork and committed once on ``branch``; returns the
+        snapshot id."""
+        from spatialflow.io.location import location
+
+        loc = location(url, storage_options)
+        if format == "spatialdata":
+            from spatialflow.io.sdformat import write_spatialdata
+
+            write_spatialdata(self, loc, overwrite=overwrite)
+            return None
+        if format == "icechunk":
+            from spatialflow.jobs.writer import write_repository
+
+            return write_repository(
+                self, loc, branch=branch, message=message or f"write {len(self)} elements"
+            )
+        raise ValidationError(f"unknown format {format!r}; use 'spatialdata' or 'icechunk'")
+
+    def to_spatialdata(self) -> Any:
+        """The equivalent ``spatialdata.SpatialData`` (needs spatialdata installed)."""
+        from spatialflow.io.convert import to_spatialdata
+
+        return to_spatialdata(self)
+
     # --- reprs -----------------------------------------------------------------------
     def __repr__(self) -> str:
         lines = [f"spatialflow.Dataset with {len(self)} elements"]
