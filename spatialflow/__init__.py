@@ -57,6 +57,7 @@ _EXPORTS: dict[str, str] = {
         "spatialflow.transforms",
     ),
     "transform": "spatialflow.ops.transform",
+    "aggregate": "spatialflow.ops.aggregate",
     "read": "spatialflow.io",
     **dict.fromkeys(["from_spatialdata", "to_spatialdata"], "spatialflow.io.convert"),
 }
@@ -98,6 +99,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from spatialflow.io import read as read
     from spatialflow.io.convert import from_spatialdata as from_spatialdata
     from spatialflow.io.convert import to_spatialdata as to_spatialdata
+    from spatialflow.ops.aggregate import aggregate as aggregate
     from spatialflow.ops.transform import transform as transform
     from spatialflow.transforms import Affine as Affine
     from spatialflow.transforms import Bijection as Bijection

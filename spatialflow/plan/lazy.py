@@ -1,0 +1,68 @@
+"""Lazy results: a plan that can explain itself and compute."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from spatialflow.plan.aggregate import AggregateGraph, Spec, lower_aggregate
+from spatialflow.plan.nodes import Aggregate
+from spatialflow.plan.optimizer import optimize
+
+__all__ = ["LazyTable"]
+
+
+class LazyTable:
+    """The lazy result of ``sf.aggregate``: ``explain()``, ``compute()``, ``to_delayed()``."""
+
+    def __init__(self, plan: Aggregate, spec: Spec, table_name: str) -> None:
+        self.plan = plan
+        self.spec = spec
+        self.table_name = table_name
+        self._lowered: AggregateGraph | None = None
+
+    def optimized(self) -> Aggregate:
+        out = optimize(self.plan)
+        assert isinstance(out, Aggregate)
+        return out
+
+    def lower(self) -> AggregateGraph:
+        if self._lowered is None:
+            self._lowered = lower_aggregate(self.optimized(), self.spec)
+        return self._lowered
+
+    def to_delayed(self) -> Any:
+        """A dask Delayed that computes the AnnData."""
+        return self.lower().result
+
+    def explain(self, print_: bool = True) -> str:
+        """The optimized plan, the join strategy, partitions read and the task count."""
+        g = self.lower()
+        lines = ["== optimized plan ==", *self.optimized().explain_lines(),
+                 "== execution ==",
+                 f"strategy: {g.strategy}",
+                 f"values partitions read: {g.values_partitions[0]} of {g.values_partitions[1]}",
+                 f"by partitions: {g.by_partitions[0]} of {g.by_partitions[1]}",
+                 f"partition joins: {g.joins}",
+                 f"tasks: {g.n_tasks}",
+                 f"output: table {self.table_name!r}, {self.spec.n_vars} variables "
+                 f"({self.spec.kind}, agg={self.spec.agg!r})"]
+        text = "\n".join(lines)
+        if print_:
+            print(text)
+        return text
+
+    def compute(self, **kwargs: Any) -> Any:
+        """Run the plan (on the active distributed client if any) and return the AnnData."""
+        import dask
+
+        (adata,) = dask.compute(self.to_delayed(), **kwargs)
+        return adata
+
+    def __repr__(self) -> str:
+        return f"LazyTable({self.table_name!r}):\n" + "\n".join(self.optimized().explain_lines())
+
+    def _repr_html_(self) -> str:
+        body = html.escape("\n".join(self.optimized().explain_lines()))
+        return (f"<div><b>spatialflow lazy table</b> {html.escape(self.table_name)!s}"
+                f"<pre>{body}</pre><i>call .explain() or .compute()</i></div>")
