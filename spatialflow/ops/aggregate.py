@@ -61,26 +61,39 @@ def aggregate(
     if values == by:
         raise PlanError(f"aggregate: values and by are the same element {values!r}")
     if isinstance(b_el, Points):
-        raise PlanError(f"aggregate: by={by!r} is a points element and has no area; aggregate "
-                        "by shapes or labels")
+        raise PlanError(
+            f"aggregate: by={by!r} is a points element and has no area; aggregate "
+            "by shapes or labels"
+        )
     if isinstance(b_el, Image) or not isinstance(b_el, Shapes | Labels):
-        raise PlanError(f"aggregate: by={by!r} must be shapes or labels, not "
-                        f"{type(b_el).__name__}")
+        raise PlanError(f"aggregate: by={by!r} must be shapes or labels, not {type(b_el).__name__}")
     if isinstance(v_el, Labels) or not isinstance(v_el, Points | Shapes | Image):
-        raise PlanError(f"aggregate: values={values!r} must be points, shapes or an image, not "
-                        f"{type(v_el).__name__}")
+        raise PlanError(
+            f"aggregate: values={values!r} must be points, shapes or an image, not "
+            f"{type(v_el).__name__}"
+        )
     if fractions and not isinstance(v_el, Shapes):
-        raise PlanError("aggregate: fractions=True needs shapes as values (points and pixels "
-                        "have no area)")
+        raise PlanError(
+            "aggregate: fractions=True needs shapes as values (points and pixels have no area)"
+        )
     if strategy not in ("auto", "broadcast", "copartition"):
         raise PlanError(f"aggregate: unknown strategy {strategy!r}")
     spec, table_values = _spec(ds, values, v_el, value_key, agg, fractions)
     v_node = _placed(ds, values, v_el, coordinate_system)
     b_node = _placed(ds, by, b_el, coordinate_system)
-    plan = Aggregate(v_node, b_node, values, by, spec.value_key, agg, fractions,
-                     coordinate_system, strategy=strategy,  # type: ignore[arg-type]
-                     value_table=table_values,
-                     options={"buffer_resolution": int(buffer_resolution)})
+    plan = Aggregate(
+        v_node,
+        b_node,
+        values,
+        by,
+        spec.value_key,
+        agg,
+        fractions,
+        coordinate_system,
+        strategy=strategy,  # type: ignore[arg-type]
+        value_table=table_values,
+        options={"buffer_resolution": int(buffer_resolution)},
+    )
     return LazyTable(plan, spec, table_name or f"{values}_by_{by}")
 
 
@@ -88,8 +101,9 @@ def _element(ds: Dataset, name: Any, what: str) -> Any:
     if not isinstance(name, str):
         raise PlanError(f"aggregate: {what} must be an element name, got {type(name).__name__}")
     if name not in ds:
-        raise PlanError(f"aggregate: no element named {name!r} ({what}); elements: "
-                        f"{[n for n, _ in ds.items()]}")
+        raise PlanError(
+            f"aggregate: no element named {name!r} ({what}); elements: {[n for n, _ in ds.items()]}"
+        )
     return ds[name]
 
 
@@ -97,33 +111,39 @@ def _placed(ds: Dataset, name: str, el: Any, cs: str) -> Any:
     try:
         t = get_transformation_between(ds, name, cs)
     except SpatialFlowError as e:
-        raise PlanError(f"aggregate: no transformation from {name!r} to coordinate system "
-                        f"{cs!r}: {e}") from e
+        raise PlanError(
+            f"aggregate: no transformation from {name!r} to coordinate system {cs!r}: {e}"
+        ) from e
     read = Read(name, el)
     if isinstance(el, Image | Labels):
         return read  # rasters are placed through their transforms by the strategy
     return TransformNode(read, t, cs)
 
 
-def _spec(ds: Dataset, name: str, el: Any, value_key: str | None, agg: str, fractions: bool
-          ) -> tuple[Spec, pd.Series | None]:
+def _spec(
+    ds: Dataset, name: str, el: Any, value_key: str | None, agg: str, fractions: bool
+) -> tuple[Spec, pd.Series | None]:
     allowed = NUMERIC_AGGS
     if agg not in allowed:
         raise PlanError(f"aggregate: agg must be one of {allowed}, got {agg!r}")
     if isinstance(el, Image):
         if value_key is not None:
-            raise PlanError("aggregate: value_key is not used for images (every channel is "
-                            "aggregated)")
+            raise PlanError(
+                "aggregate: value_key is not used for images (every channel is aggregated)"
+            )
         return Spec("numeric", agg, [str(c) for c in el.channel_names], None), None
     table_values = None
     if isinstance(el, Points):
         key = value_key if value_key is not None else el.feature_key
         if key is None:
-            return Spec("ones", "count" if agg in ("count", "sum") else agg, ["count"], None,
-                        fractions), None
+            return Spec(
+                "ones", "count" if agg in ("count", "sum") else agg, ["count"], None, fractions
+            ), None
         if key not in el.data.columns:
-            raise PlanError(f"aggregate: value_key {key!r} is not a column of points {name!r} "
-                            f"(columns: {list(el.data.columns)})")
+            raise PlanError(
+                f"aggregate: value_key {key!r} is not a column of points {name!r} "
+                f"(columns: {list(el.data.columns)})"
+            )
         dtype = el.data._meta[key].dtype
     else:
         if value_key is None:
@@ -137,15 +157,19 @@ def _spec(ds: Dataset, name: str, el: Any, value_key: str | None, agg: str, frac
             key = value_key
     if isinstance(dtype, pd.CategoricalDtype):
         if agg not in ("count", "sum"):
-            raise PlanError(f"aggregate: agg={agg!r} is not defined for the categorical "
-                            f"value_key {key!r}; use 'count' or 'sum'")
+            raise PlanError(
+                f"aggregate: agg={agg!r} is not defined for the categorical "
+                f"value_key {key!r}; use 'count' or 'sum'"
+            )
         if fractions and agg == "count":
             agg = "sum"  # with fractions a category's weight is a sum of overlap fractions
-        return Spec("categorical", agg, [str(c) for c in dtype.categories], key,
-                    fractions), table_values
+        return Spec(
+            "categorical", agg, [str(c) for c in dtype.categories], key, fractions
+        ), table_values
     if not pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype):
-        raise PlanError(f"aggregate: value_key {key!r} has dtype {dtype}; it must be numeric "
-                        "or categorical")
+        raise PlanError(
+            f"aggregate: value_key {key!r} has dtype {dtype}; it must be numeric or categorical"
+        )
     return Spec("numeric", agg, [key], key, fractions), table_values
 
 
@@ -154,11 +178,14 @@ def _table_column(ds: Dataset, name: str, key: str) -> pd.Series:
         obs = table.data.obs
         if key in obs.columns:
             rows = obs[obs[table.region_key].astype(str) == name]
-            series = pd.Series(rows[key].to_numpy(), index=rows[table.instance_key].to_numpy(),
-                               name=key)
+            series = pd.Series(
+                rows[key].to_numpy(), index=rows[table.instance_key].to_numpy(), name=key
+            )
             if isinstance(rows[key].dtype, pd.CategoricalDtype):
                 series = series.astype(rows[key].dtype)
             del tname
             return series
-    raise PlanError(f"aggregate: value_key {key!r} is neither a column of {name!r} nor an obs "
-                    f"column of a table annotating it")
+    raise PlanError(
+        f"aggregate: value_key {key!r} is neither a column of {name!r} nor an obs "
+        f"column of a table annotating it"
+    )

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +36,7 @@ import pandas as pd
 import scipy.sparse as sp
 import shapely
 
-from spatialflow.elements import Image, Labels, Points, Shapes
+from spatialflow.elements import Image, Labels, Points
 from spatialflow.errors import PlanError
 from spatialflow.kernels.pip import build_grid_index, points_in_polygons
 from spatialflow.kernels.polygons import flatten_polygons
@@ -109,19 +108,24 @@ def _polygonal(geoms: np.ndarray) -> np.ndarray:
     fixed = shapely.make_valid(geoms[bad])
     out = geoms.copy()
     for i, g in zip(np.flatnonzero(bad), fixed, strict=True):
-        parts = [p for p in shapely.get_parts(g)
-                 if shapely.get_type_id(p) in (3, 6)]  # polygon, multipolygon
+        parts = [
+            p for p in shapely.get_parts(g) if shapely.get_type_id(p) in (3, 6)
+        ]  # polygon, multipolygon
         flat = [q for p in parts for q in shapely.get_parts(p)]
-        out[i] = shapely.multipolygons(flat) if len(flat) > 1 else (
-            flat[0] if flat else shapely.Polygon())
+        out[i] = (
+            shapely.multipolygons(flat)
+            if len(flat) > 1
+            else (flat[0] if flat else shapely.Polygon())
+        )
     return out
 
 
 def _prepare_by(gdf: Any, k: int, buffer_resolution: int) -> ByPart:
     geoms = np.asarray(gdf.geometry.values, dtype=object)
     if "radius" in gdf.columns:
-        geoms = shapely.buffer(geoms, gdf["radius"].to_numpy(dtype=np.float64),
-                               quad_segs=buffer_resolution)
+        geoms = shapely.buffer(
+            geoms, gdf["radius"].to_numpy(dtype=np.float64), quad_segs=buffer_resolution
+        )
     else:
         geoms = _polygonal(geoms)
     polys = flatten_polygons(geoms)
@@ -137,14 +141,19 @@ def _by_meta(part: ByPart) -> tuple[np.ndarray, int]:
 # =========================================================================================
 def _empty_partial(spec: Spec, n: int) -> Any:
     if spec.kind == "numeric" and spec.agg in ("min", "max", "mean"):
-        return {"sum": np.zeros(n), "count": np.zeros(n, np.int64),
-                "min": np.full(n, np.inf), "max": np.full(n, -np.inf)}
+        return {
+            "sum": np.zeros(n),
+            "count": np.zeros(n, np.int64),
+            "min": np.full(n, np.inf),
+            "max": np.full(n, -np.inf),
+        }
     dtype = np.int64 if (spec.agg == "count" and not spec.fractions) else np.float64
     return sp.csr_matrix((n, spec.n_vars), dtype=dtype)
 
 
-def _accumulate(spec: Spec, n: int, rows: np.ndarray, cols: np.ndarray | None,
-                vals: np.ndarray | None) -> Any:
+def _accumulate(
+    spec: Spec, n: int, rows: np.ndarray, cols: np.ndarray | None, vals: np.ndarray | None
+) -> Any:
     """A partial for one by partition from (row, variable, value) triples."""
     if spec.kind == "numeric" and spec.agg in ("min", "max", "mean"):
         out = _empty_partial(spec, n)
@@ -167,9 +176,12 @@ def _accumulate(spec: Spec, n: int, rows: np.ndarray, cols: np.ndarray | None,
 def _combine(*parts: Any) -> Any:
     first = parts[0]
     if isinstance(first, dict):
-        return {"sum": sum(p["sum"] for p in parts), "count": sum(p["count"] for p in parts),
-                "min": np.minimum.reduce([p["min"] for p in parts]),
-                "max": np.maximum.reduce([p["max"] for p in parts])}
+        return {
+            "sum": sum(p["sum"] for p in parts),
+            "count": sum(p["count"] for p in parts),
+            "min": np.minimum.reduce([p["min"] for p in parts]),
+            "max": np.maximum.reduce([p["max"] for p in parts]),
+        }
     out = first
     for p in parts[1:]:
         out = out + p
@@ -178,8 +190,12 @@ def _combine(*parts: Any) -> Any:
 
 def _tree(items: list[Any]) -> Any:
     while len(items) > 1:
-        items = [dask.delayed(_combine)(*items[i:i + FAN_IN]) if len(items[i:i + FAN_IN]) > 1
-                 else items[i] for i in range(0, len(items), FAN_IN)]
+        items = [
+            dask.delayed(_combine)(*items[i : i + FAN_IN])
+            if len(items[i : i + FAN_IN]) > 1
+            else items[i]
+            for i in range(0, len(items), FAN_IN)
+        ]
     return items[0]
 
 
@@ -188,8 +204,7 @@ def _finish(spec: Spec, partial: Any) -> sp.csr_matrix:
     if isinstance(partial, dict):
         count = partial["count"]
         if spec.agg == "mean":
-            v = np.divide(partial["sum"], count, out=np.zeros_like(partial["sum"]),
-                          where=count > 0)
+            v = np.divide(partial["sum"], count, out=np.zeros_like(partial["sum"]), where=count > 0)
         elif spec.agg == "min":
             v = np.where(count > 0, partial["min"], 0.0)
         else:
@@ -218,8 +233,9 @@ def _point_values(df: pd.DataFrame, spec: Spec) -> tuple[np.ndarray | None, np.n
     return None, None
 
 
-def _points_by_shapes(df: pd.DataFrame, parts: Sequence[ByPart], spec: Spec
-                      ) -> tuple[dict[int, Any], int]:
+def _points_by_shapes(
+    df: pd.DataFrame, parts: Sequence[ByPart], spec: Spec
+) -> tuple[dict[int, Any], int]:
     x = df["x"].to_numpy(dtype=np.float64)
     y = df["y"].to_numpy(dtype=np.float64)
     n_nan = int(np.count_nonzero(~(np.isfinite(x) & np.isfinite(y))))
@@ -235,23 +251,29 @@ def _points_by_shapes(df: pd.DataFrame, parts: Sequence[ByPart], spec: Spec
         pi, gi = points_in_polygons(x, y, part.polys, part.grid)
         if len(pi) == 0:
             continue
-        out[part.k] = _accumulate(spec, part.n, gi, None if cols is None else cols[pi],
-                                  None if vals is None else vals[pi])
+        out[part.k] = _accumulate(
+            spec, part.n, gi, None if cols is None else cols[pi], None if vals is None else vals[pi]
+        )
     return out, n_nan
 
 
 # =========================================================================================
 # shapes by shapes
 # =========================================================================================
-def _shapes_by_shapes(gdf: Any, parts: Sequence[ByPart], spec: Spec,
-                      table_values: pd.Series | None, buffer_resolution: int
-                      ) -> tuple[dict[int, Any], int]:
+def _shapes_by_shapes(
+    gdf: Any,
+    parts: Sequence[ByPart],
+    spec: Spec,
+    table_values: pd.Series | None,
+    buffer_resolution: int,
+) -> tuple[dict[int, Any], int]:
     if len(gdf) == 0:
         return {}, 0
     geoms = np.asarray(gdf.geometry.values, dtype=object)
     if "radius" in gdf.columns:
-        geoms = shapely.buffer(geoms, gdf["radius"].to_numpy(np.float64),
-                               quad_segs=buffer_resolution)
+        geoms = shapely.buffer(
+            geoms, gdf["radius"].to_numpy(np.float64), quad_segs=buffer_resolution
+        )
     else:
         geoms = _polygonal(geoms)
     if table_values is not None:
@@ -302,32 +324,48 @@ def _shapes_by_shapes(gdf: Any, parts: Sequence[ByPart], spec: Spec,
 # =========================================================================================
 # assembling the table
 # =========================================================================================
-def _assemble(spec: Spec, by_name: str, index_dtype: Any, metas: list[tuple[np.ndarray, int]],
-              blocks: list[Any], n_nan: list[int], what: str) -> ad.AnnData:
-    total_nan = int(sum(n_nan))
-    if total_nan:
-        warnings.warn(f"{what}: {total_nan} values with NaN coordinates were dropped",
-                      UserWarning, stacklevel=2)
+def _assemble(
+    spec: Spec,
+    by_name: str,
+    index_dtype: Any,
+    metas: list[tuple[np.ndarray, int]],
+    blocks: list[Any],
+    n_nan: list[int],
+) -> ad.AnnData:
     mats = [_finish(spec, b) for b in blocks]
     n_rows = sum(n for _, n in metas)
     x = sp.vstack(mats, format="csr") if mats else sp.csr_matrix((n_rows, spec.n_vars))
     index = np.concatenate([i for i, _ in metas]) if metas else np.empty(0, dtype=index_dtype)
-    return _table(x, index, index_dtype, spec.var_names, by_name)
+    return _with_dropped(_table(x, index, index_dtype, spec.var_names, by_name), n_nan)
 
 
-def _table(x: sp.csr_matrix, index: np.ndarray, index_dtype: Any, var_names: list[str],
-           by_name: str) -> ad.AnnData:
+DROPPED = "spatialflow_dropped_nan"
+
+
+def _with_dropped(adata: ad.AnnData, n_nan: list[int]) -> ad.AnnData:
+    """Record how many values were dropped for NaN coordinates (reported by compute())."""
+    adata.uns[DROPPED] = int(sum(n_nan))
+    return adata
+
+
+def _table(
+    x: sp.csr_matrix, index: np.ndarray, index_dtype: Any, var_names: list[str], by_name: str
+) -> ad.AnnData:
     x = sp.csr_matrix(x)
     x.eliminate_zeros()
     x.sort_indices()
     obs = pd.DataFrame(index=pd.Index([str(v) for v in index], dtype="str"))
-    obs["instance_id"] = pd.array(index).astype(index_dtype) if len(index) else \
-        pd.array([], dtype=index_dtype)
+    if pd.api.types.is_string_dtype(index_dtype) or pd.api.types.is_object_dtype(index_dtype):
+        index_dtype = "str"  # pandas' own string dtype (dask may hand us its "string" variant)
+    obs["instance_id"] = pd.Series(index, index=obs.index).astype(index_dtype)
     obs["region"] = pd.Categorical.from_codes(np.zeros(len(index), np.int8), [by_name])
     var = pd.DataFrame(index=pd.Index([str(v) for v in var_names], dtype="str"))
     adata = ad.AnnData(x, obs=obs, var=var)
-    adata.uns["spatialdata_attrs"] = {"region": by_name, "region_key": "region",
-                                      "instance_key": "instance_id"}
+    adata.uns["spatialdata_attrs"] = {
+        "region": by_name,
+        "region_key": "region",
+        "instance_key": "instance_id",
+    }
     return adata
 
 
@@ -360,8 +398,9 @@ def _box_of(part: Any, points: bool) -> np.ndarray:
     if "radius" in part.columns:
         r = part["radius"].to_numpy(np.float64)
         b = np.c_[b[:, :2] - r[:, None], b[:, 2:] + r[:, None]]
-    return np.array([np.nanmin(b[:, 0]), np.nanmin(b[:, 1]), np.nanmax(b[:, 2]),
-                     np.nanmax(b[:, 3])])
+    return np.array(
+        [np.nanmin(b[:, 0]), np.nanmin(b[:, 1]), np.nanmax(b[:, 2]), np.nanmax(b[:, 3])]
+    )
 
 
 def lower_aggregate(node: Aggregate, spec: Spec) -> AggregateGraph:
@@ -402,7 +441,8 @@ def _lower_frames(node: Aggregate, spec: Spec) -> AggregateGraph:
         joins += len(ks)
         if node.strategy == "overlay":
             task = dask.delayed(_shapes_by_shapes, nout=2)(
-                part, [preps[k] for k in ks], spec, node.value_table, res)
+                part, [preps[k] for k in ks], spec, node.value_table, res
+            )
         else:
             task = dask.delayed(_points_by_shapes, nout=2)(part, [preps[k] for k in ks], spec)
         partial, n_nan = task
@@ -414,11 +454,15 @@ def _lower_frames(node: Aggregate, spec: Spec) -> AggregateGraph:
         items = per_k[k] or [dask.delayed(_empty_partial)(spec, metas[k][1])]
         blocks.append(_tree(items))
     index_dtype = by.element.data._meta.index.dtype
-    result = dask.delayed(_assemble)(spec, node.by_name, index_dtype, metas, blocks,
-                                     nan_counts, f"aggregate {node.values_name!r}")
+    result = dask.delayed(_assemble)(spec, node.by_name, index_dtype, metas, blocks, nan_counts)
     n_values = source_read(node.values).element.npartitions  # type: ignore[attr-defined]
-    return AggregateGraph(result, node.strategy, (values.npartitions, n_values),
-                          (by.npartitions, by.element.npartitions), joins)
+    return AggregateGraph(
+        result,
+        node.strategy,
+        (values.npartitions, n_values),
+        (by.npartitions, by.element.npartitions),
+        joins,
+    )
 
 
 # --- points by labels -------------------------------------------------------------------
@@ -429,21 +473,32 @@ def _to_pixels(node: Aggregate, labels: Labels) -> Transform:
     return t.inverse()
 
 
-def _label_lookup(df: pd.DataFrame, window: np.ndarray, origin: tuple[int, int],
-                  to_px: Transform, spec: Spec) -> tuple[pd.DataFrame, int]:
+def _label_lookup(
+    df: pd.DataFrame, window: np.ndarray, origin: tuple[int, int], to_px: Transform, spec: Spec
+) -> tuple[pd.DataFrame, int]:
     xy = df[["x", "y"]].to_numpy(dtype=np.float64)
     n_nan = int(np.count_nonzero(~np.isfinite(xy).all(axis=1)))
     px = to_px.apply(xy, ("x", "y"), ("x", "y")) if len(xy) else xy
     j = np.floor(px[:, 0]).astype(np.int64) - origin[1]
     i = np.floor(px[:, 1]).astype(np.int64) - origin[0]
-    ok = np.isfinite(px).all(axis=1) & (i >= 0) & (j >= 0) & (i < window.shape[0]) & \
-        (j < window.shape[1])
+    ok = (
+        np.isfinite(px).all(axis=1)
+        & (i >= 0)
+        & (j >= 0)
+        & (i < window.shape[0])
+        & (j < window.shape[1])
+    )
     ids = np.zeros(len(df), np.int64)
     ids[ok] = window[i[ok], j[ok]]
     ok &= ids != 0
     cols, vals = _point_values(df, spec)
-    frame = pd.DataFrame({"id": ids[ok], "col": 0 if cols is None else cols[ok],
-                          "val": 1.0 if vals is None else vals[ok]})
+    frame = pd.DataFrame(
+        {
+            "id": ids[ok],
+            "col": 0 if cols is None else cols[ok],
+            "val": 1.0 if vals is None else vals[ok],
+        }
+    )
     if cols is not None:
         frame = frame[frame["col"] >= 0]
     g = frame.groupby(["id", "col"], sort=False)["val"]
@@ -456,8 +511,11 @@ def _label_lookup(df: pd.DataFrame, window: np.ndarray, origin: tuple[int, int],
 
 def _combine_lookup(*frames: pd.DataFrame) -> pd.DataFrame:
     df = pd.concat(frames, ignore_index=True)
-    funcs = {c: f for c, f in (("sum", "sum"), ("count", "sum"), ("min", "min"), ("max", "max"))
-             if c in df.columns}
+    funcs = {
+        c: f
+        for c, f in (("sum", "sum"), ("count", "sum"), ("min", "min"), ("max", "max"))
+        if c in df.columns
+    }
     return df.groupby(["id", "col"], sort=False).agg(funcs).reset_index()
 
 
@@ -470,24 +528,21 @@ def _union(*arrays: np.ndarray) -> np.ndarray:
     return np.unique(np.concatenate(arrays)) if arrays else np.empty(0, np.int64)
 
 
-def _assemble_lookup(spec: Spec, by_name: str, ids: np.ndarray, agg: pd.DataFrame,
-                     n_nan: list[int], what: str) -> ad.AnnData:
-    if sum(n_nan):
-        warnings.warn(f"{what}: {int(sum(n_nan))} values with NaN coordinates were dropped",
-                      UserWarning, stacklevel=2)
+def _assemble_lookup(
+    spec: Spec, by_name: str, ids: np.ndarray, agg: pd.DataFrame, n_nan: list[int]
+) -> ad.AnnData:
     rows = np.searchsorted(ids, agg["id"].to_numpy())
     if spec.kind == "numeric" and spec.agg in ("min", "max", "mean"):
         col = {"mean": agg["sum"] / agg["count"], "min": agg["min"], "max": agg["max"]}[spec.agg]
         vals = col.to_numpy(dtype=np.float64)
-    elif spec.agg == "count" and spec.kind != "numeric":
-        vals = agg["count"].to_numpy(dtype=np.int64)
-    elif spec.agg == "count":
+    elif (spec.agg == "count" and spec.kind != "numeric") or spec.agg == "count":
         vals = agg["count"].to_numpy(dtype=np.int64)
     else:
         vals = agg["sum"].to_numpy(dtype=np.float64)
-    x = sp.coo_matrix((vals, (rows, agg["col"].to_numpy(np.int64))),
-                      shape=(len(ids), spec.n_vars)).tocsr()
-    return _table(x, ids, np.int64, spec.var_names, by_name)
+    x = sp.coo_matrix(
+        (vals, (rows, agg["col"].to_numpy(np.int64))), shape=(len(ids), spec.n_vars)
+    ).tocsr()
+    return _with_dropped(_table(x, ids, np.int64, spec.var_names, by_name), n_nan)
 
 
 def _lower_points_by_labels(node: Aggregate, spec: Spec) -> AggregateGraph:
@@ -504,8 +559,9 @@ def _lower_points_by_labels(node: Aggregate, spec: Spec) -> AggregateGraph:
         b = bounds[p]
         if np.any(np.isnan(b[:2])):
             continue
-        corners = np.array(list(itertools.product((b[0], b[len(b) // 2]),
-                                                  (b[1], b[len(b) // 2 + 1]))))
+        corners = np.array(
+            list(itertools.product((b[0], b[len(b) // 2]), (b[1], b[len(b) // 2 + 1])))
+        )
         px = to_px.apply(corners, ("x", "y"), ("x", "y"))
         j0, i0 = np.floor(px.min(axis=0)).astype(int) - 1
         j1, i1 = np.ceil(px.max(axis=0)).astype(int) + 1
@@ -514,24 +570,30 @@ def _lower_points_by_labels(node: Aggregate, spec: Spec) -> AggregateGraph:
         if i1 <= i0 or j1 <= j0:
             continue
         window = arr[i0:i1, j0:j1]
-        agg, n_nan = dask.delayed(_label_lookup, nout=2)(part, window, (int(i0), int(j0)),
-                                                        to_px, spec)
+        agg, n_nan = dask.delayed(_label_lookup, nout=2)(
+            part, window, (int(i0), int(j0)), to_px, spec
+        )
         tasks.append(agg)
         nans.append(n_nan)
     ids = _tree_union([dask.delayed(_unique_ids)(b) for b in arr.to_delayed().ravel()])
-    empty = dask.delayed(pd.DataFrame)({"id": [], "col": [], "sum": [], "count": [],
-                                        **({"min": [], "max": []}
-                                           if spec.kind == "numeric" else {})})
+    empty = dask.delayed(pd.DataFrame)(
+        {
+            "id": [],
+            "col": [],
+            "sum": [],
+            "count": [],
+            **({"min": [], "max": []} if spec.kind == "numeric" else {}),
+        }
+    )
     combined = _tree_with(tasks or [empty], _combine_lookup)
-    result = dask.delayed(_assemble_lookup)(spec, node.by_name, ids, combined, nans,
-                                            f"aggregate {node.values_name!r}")
+    result = dask.delayed(_assemble_lookup)(spec, node.by_name, ids, combined, nans)
     n = source_read(node.values).element.npartitions  # type: ignore[attr-defined]
     return AggregateGraph(result, node.strategy, (values.npartitions, n), (1, 1), len(tasks))
 
 
 def _tree_with(items: list[Any], fn: Any) -> Any:
     while len(items) > 1:
-        items = [dask.delayed(fn)(*items[i:i + FAN_IN]) for i in range(0, len(items), FAN_IN)]
+        items = [dask.delayed(fn)(*items[i : i + FAN_IN]) for i in range(0, len(items), FAN_IN)]
     return items[0]
 
 
@@ -540,8 +602,9 @@ def _tree_union(items: list[Any]) -> Any:
 
 
 # --- image by labels ---------------------------------------------------------------------
-def _image_on_grid(node: Aggregate, image: Image, grid_shape: tuple[int, ...],
-                   grid_to_cs: Transform) -> Any:
+def _image_on_grid(
+    node: Aggregate, image: Image, grid_shape: tuple[int, ...], grid_to_cs: Transform
+) -> Any:
     """The image's s0 pixels on another raster's grid (the same array when the grids agree)."""
     from spatialflow.ops.transform import _resample
 
@@ -566,8 +629,7 @@ def _combine_zonal(*parts: ZonalStats) -> ZonalStats:
     return combine_zonal_many(parts)
 
 
-def _assemble_zonal(stats: ZonalStats, channels: list[str], agg: str, by_name: str
-                    ) -> ad.AnnData:
+def _assemble_zonal(stats: ZonalStats, channels: list[str], agg: str, by_name: str) -> ad.AnnData:
     if agg == "count":
         values = np.repeat(stats.count[None, :].astype(np.float64), len(channels), axis=0)
     elif agg == "mean":
@@ -575,16 +637,18 @@ def _assemble_zonal(stats: ZonalStats, channels: list[str], agg: str, by_name: s
     else:
         values = getattr(stats, agg)
     var = [f"channel_{c}_{agg}" for c in channels]
-    return _table(sp.csr_matrix(np.asarray(values, dtype=np.float64).T), stats.ids, np.int64,
-                  var, by_name)
+    return _table(
+        sp.csr_matrix(np.asarray(values, dtype=np.float64).T), stats.ids, np.int64, var, by_name
+    )
 
 
 def _lower_image_by_labels(node: Aggregate, spec: Spec) -> AggregateGraph:
     image: Image = source_read(node.values).element  # type: ignore[assignment]
     labels: Labels = source_read(node.by).element  # type: ignore[assignment]
     if not isinstance(image, Image):
-        raise PlanError(f"aggregate by labels takes points or an image as values, not "
-                        f"{image.label}")
+        raise PlanError(
+            f"aggregate by labels takes points or an image as values, not {image.label}"
+        )
     if spec.agg not in NUMERIC_AGGS:
         raise PlanError(f"agg={spec.agg!r}: images aggregate with one of {NUMERIC_AGGS}")
     lab = labels.scale(0).data
@@ -595,8 +659,10 @@ def _lower_image_by_labels(node: Aggregate, spec: Spec) -> AggregateGraph:
     img = img.rechunk((img.shape[0], *lab.chunks))
     lab_blocks = lab.to_delayed()
     img_blocks = img.to_delayed()
-    parts = [dask.delayed(_zonal_block)(lab_blocks[idx], img_blocks[(0, *idx)])
-             for idx in itertools.product(*[range(len(c)) for c in lab.chunks])]
+    parts = [
+        dask.delayed(_zonal_block)(lab_blocks[idx], img_blocks[(0, *idx)])
+        for idx in itertools.product(*[range(len(c)) for c in lab.chunks])
+    ]
     stats = _tree_with(parts, _combine_zonal)
     channels = [str(c) for c in image.channel_names]
     result = dask.delayed(_assemble_zonal)(stats, channels, spec.agg, node.by_name)
@@ -604,8 +670,9 @@ def _lower_image_by_labels(node: Aggregate, spec: Spec) -> AggregateGraph:
 
 
 # --- image by shapes ---------------------------------------------------------------------
-def _pixels_in_shapes(block: np.ndarray, origin: tuple[int, int], px_to_cs: np.ndarray,
-                      parts: Sequence[ByPart]) -> dict[int, Any]:
+def _pixels_in_shapes(
+    block: np.ndarray, origin: tuple[int, int], px_to_cs: np.ndarray, parts: Sequence[ByPart]
+) -> dict[int, Any]:
     c, h, w = block.shape
     ii, jj = np.mgrid[0:h, 0:w]
     cx = (jj.ravel() + origin[1] + 0.5).astype(np.float64)
@@ -620,8 +687,12 @@ def _pixels_in_shapes(block: np.ndarray, origin: tuple[int, int], px_to_cs: np.n
         pi, gi = points_in_polygons(x, y, part.polys, part.grid)
         if len(pi) == 0:
             continue
-        acc = {"sum": np.zeros((c, part.n)), "count": np.zeros(part.n, np.int64),
-               "min": np.full((c, part.n), np.inf), "max": np.full((c, part.n), -np.inf)}
+        acc = {
+            "sum": np.zeros((c, part.n)),
+            "count": np.zeros(part.n, np.int64),
+            "min": np.full((c, part.n), np.inf),
+            "max": np.full((c, part.n), -np.inf),
+        }
         np.add.at(acc["count"], gi, 1)
         for ch in range(c):
             v = vals[ch, pi]
@@ -633,8 +704,12 @@ def _pixels_in_shapes(block: np.ndarray, origin: tuple[int, int], px_to_cs: np.n
 
 
 def _empty_pixels(c: int, n: int) -> dict[str, np.ndarray]:
-    return {"sum": np.zeros((c, n)), "count": np.zeros(n, np.int64),
-            "min": np.full((c, n), np.inf), "max": np.full((c, n), -np.inf)}
+    return {
+        "sum": np.zeros((c, n)),
+        "count": np.zeros(n, np.int64),
+        "min": np.full((c, n), np.inf),
+        "max": np.full((c, n), -np.inf),
+    }
 
 
 def _pick_pixels(partial: dict[int, Any], k: int, c: int, n: int) -> dict[str, np.ndarray]:
@@ -642,9 +717,12 @@ def _pick_pixels(partial: dict[int, Any], k: int, c: int, n: int) -> dict[str, n
 
 
 def _combine_pixels(*parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {"sum": sum(p["sum"] for p in parts), "count": sum(p["count"] for p in parts),
-            "min": np.minimum.reduce([p["min"] for p in parts]),
-            "max": np.maximum.reduce([p["max"] for p in parts])}
+    return {
+        "sum": sum(p["sum"] for p in parts),
+        "count": sum(p["count"] for p in parts),
+        "min": np.minimum.reduce([p["min"] for p in parts]),
+        "max": np.maximum.reduce([p["max"] for p in parts]),
+    }
 
 
 def _finish_pixels(acc: dict[str, np.ndarray], agg: str) -> sp.csr_matrix:
@@ -662,10 +740,19 @@ def _finish_pixels(acc: dict[str, np.ndarray], agg: str) -> sp.csr_matrix:
     return m
 
 
-def _assemble_pixels(agg: str, channels: list[str], by_name: str, index_dtype: Any,
-                     metas: list[tuple[np.ndarray, int]], blocks: list[Any]) -> ad.AnnData:
-    x = sp.vstack([_finish_pixels(b, agg) for b in blocks], format="csr") if blocks else \
-        sp.csr_matrix((0, len(channels)))
+def _assemble_pixels(
+    agg: str,
+    channels: list[str],
+    by_name: str,
+    index_dtype: Any,
+    metas: list[tuple[np.ndarray, int]],
+    blocks: list[Any],
+) -> ad.AnnData:
+    x = (
+        sp.vstack([_finish_pixels(b, agg) for b in blocks], format="csr")
+        if blocks
+        else sp.csr_matrix((0, len(channels)))
+    )
     index = np.concatenate([i for i, _ in metas]) if metas else np.empty(0)
     return _table(x, index, index_dtype, [f"channel_{c}_{agg}" for c in channels], by_name)
 
@@ -698,8 +785,9 @@ def _lower_image_by_shapes(node: Aggregate, spec: Spec) -> AggregateGraph:
         if not ks:
             continue
         joins += len(ks)
-        partial = dask.delayed(_pixels_in_shapes)(blocks[0, bi, bj], (i0, j0), m,
-                                                  [preps[k] for k in ks])
+        partial = dask.delayed(_pixels_in_shapes)(
+            blocks[0, bi, bj], (i0, j0), m, [preps[k] for k in ks]
+        )
         for k in ks:
             per_k[k].append(dask.delayed(_pick_pixels)(partial, k, c, metas[k][1]))
     done = []
@@ -707,8 +795,10 @@ def _lower_image_by_shapes(node: Aggregate, spec: Spec) -> AggregateGraph:
         items = per_k[k] or [dask.delayed(_empty_pixels)(c, metas[k][1])]
         done.append(_tree_with(items, _combine_pixels))
     channels = [str(ch) for ch in image.channel_names]
-    result = dask.delayed(_assemble_pixels)(spec.agg, channels, node.by_name,
-                                            by.element.data._meta.index.dtype, metas, done)
+    result = dask.delayed(_assemble_pixels)(
+        spec.agg, channels, node.by_name, by.element.data._meta.index.dtype, metas, done
+    )
     n_blocks = len(arr.chunks[1]) * len(arr.chunks[2])
-    return AggregateGraph(result, node.strategy, (n_blocks, n_blocks),
-                          (by.npartitions, by.element.npartitions), joins)
+    return AggregateGraph(
+        result, node.strategy, (n_blocks, n_blocks), (by.npartitions, by.element.npartitions), joins
+    )

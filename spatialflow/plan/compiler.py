@@ -55,16 +55,20 @@ def _read(node: Read) -> Frame:
     parts = node.partitions() or []
     data = el.data
     if len(parts) != el.npartitions:
-        data = data.partitions[parts] if parts else data.partitions[[0]].head(0, compute=False,
-                                                                               npartitions=1)
+        data = (
+            data.partitions[parts]
+            if parts
+            else data.partitions[[0]].head(0, compute=False, npartitions=1)
+        )
     bounds = el.partition_bounds
     if bounds is not None:
         bounds = bounds[parts] if parts else np.empty((0, bounds.shape[1]))
     if node.features is not None:
         if not isinstance(el, Points) or el.feature_key is None:
             raise PlanError(f"{el.label}: a feature filter needs points with a feature_key")
-        data = data.map_partitions(_keep_features, el.feature_key, list(node.features),
-                                   meta=data._meta)
+        data = data.map_partitions(
+            _keep_features, el.feature_key, list(node.features), meta=data._meta
+        )
     if node.columns is not None:
         data = data[list(node.columns)]
     return Frame(data, bounds, el, parts)
@@ -86,9 +90,11 @@ def _transform(f: Frame, node: TransformNode) -> Frame:
     else:
         axes = ("x", "y")
         data = f.data.map_partitions(transform_shapes_frame, t, meta=f.data._meta)
-    bounds = None if f.bounds is None else (
-        np.vstack([_box_image(t, b, axes) for b in f.bounds]) if len(f.bounds)
-        else f.bounds)
+    bounds = (
+        None
+        if f.bounds is None
+        else (np.vstack([_box_image(t, b, axes) for b in f.bounds]) if len(f.bounds) else f.bounds)
+    )
     return Frame(data, bounds, f.element, f.source_partitions)
 
 

@@ -158,5 +158,7 @@ class Aggregate(Node):
     def describe(self) -> str:
         key = f" value_key={self.value_key!r}" if self.value_key else ""
         frac = " fractions" if self.fractions else ""
-        return (f"Aggregate {self.values_name!r} by {self.by_name!r} agg={self.agg!r}{key}{frac} "
-                f"in {self.coordinate_system!r} strategy={self.strategy}")
+        return (
+            f"Aggregate {self.values_name!r} by {self.by_name!r} agg={self.agg!r}{key}{frac} "
+            f"in {self.coordinate_system!r} strategy={self.strategy}"
+        )

@@ -84,8 +84,9 @@ def _push_query(node: Node) -> Node:
             except TransformError:
                 box = None  # not invertible: no pruning, the exact test still applies
         if _needs(read, box, node.features):
-            return replace(node, child=replace(child, child=_narrow(read, box, node.features)),
-                           features=None)
+            return replace(
+                node, child=replace(child, child=_narrow(read, box, node.features)), features=None
+            )
     if isinstance(child, Read) and node.features is not None and child.features == node.features:
         return replace(node, features=None)
     return node
@@ -93,7 +94,8 @@ def _push_query(node: Node) -> Node:
 
 def _needs(read: Read, box: tuple | None, features: tuple | None) -> bool:
     return (box is not None and read.bbox != _intersect(read.bbox, box)) or (
-        features is not None and read.features != features)
+        features is not None and read.features != features
+    )
 
 
 def _narrow(read: Read, box: tuple | None, features: tuple | None) -> Read:
@@ -101,8 +103,11 @@ def _narrow(read: Read, box: tuple | None, features: tuple | None) -> Read:
     if box is not None:
         out = replace(out, bbox=_intersect(read.bbox, box))
     if features is not None:
-        feats = features if read.features is None else tuple(
-            f for f in read.features if f in set(features))
+        feats = (
+            features
+            if read.features is None
+            else tuple(f for f in read.features if f in set(features))
+        )
         out = replace(out, features=feats)
     return out
 
