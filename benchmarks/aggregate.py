@@ -13,6 +13,7 @@ run, their count matrices are compared exactly. Prints one JSON line.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -53,10 +54,8 @@ json.dump({"seconds": seconds, "obs": list(map(str, adata.obs_names)),
 def _tree_rss(proc: psutil.Process) -> int:
     total = 0
     for p in [proc, *proc.children(recursive=True)]:
-        try:
+        with contextlib.suppress(psutil.Error):
             total += p.memory_info().rss
-        except psutil.Error:
-            pass
     return total
 
 
@@ -75,16 +74,14 @@ def run_engine(engine: str, store: Path, workdir: Path) -> dict:
     def sample() -> None:
         nonlocal peak
         while not done.is_set():
-            try:
+            with contextlib.suppress(psutil.Error):
                 peak = max(peak, _tree_rss(ps))
-            except psutil.Error:
-                pass
             time.sleep(0.05)
 
     th = threading.Thread(target=sample, daemon=True)
     th.start()
     t0 = time.perf_counter()
-    stdout, stderr = proc.communicate()
+    _stdout, stderr = proc.communicate()
     wall = time.perf_counter() - t0
     done.set()
     th.join()
