@@ -59,10 +59,11 @@ def _tree_rss(proc: psutil.Process) -> int:
     return total
 
 
-def run_engine(engine: str, store: Path, workdir: Path) -> dict:
-    out = workdir / f"{engine}.json"
+def run_process(code: str, argv: list[str], out: Path) -> dict:
+    """Run ``code`` in a fresh interpreter; its JSON result plus wall time and the peak
+    resident memory of its whole process tree (sampled every 50 ms)."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", RUNNER, engine, str(store), str(out)],
+        [sys.executable, "-c", code, *argv],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -81,7 +82,7 @@ def run_engine(engine: str, store: Path, workdir: Path) -> dict:
     th = threading.Thread(target=sample, daemon=True)
     th.start()
     t0 = time.perf_counter()
-    _stdout, stderr = proc.communicate()
+    _, stderr = proc.communicate()
     wall = time.perf_counter() - t0
     done.set()
     th.join()
@@ -91,6 +92,11 @@ def run_engine(engine: str, store: Path, workdir: Path) -> dict:
     res["wall_seconds"] = wall
     res["peak_rss_gb"] = peak / 1e9
     return res
+
+
+def run_engine(engine: str, store: Path, workdir: Path) -> dict:
+    out = workdir / f"{engine}.json"
+    return run_process(RUNNER, [engine, str(store), str(out)], out)
 
 
 def main() -> None:

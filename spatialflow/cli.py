@@ -32,6 +32,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object, e.g. '{\"anon\": true}'")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="spatialflow",
@@ -41,8 +51,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details to stderr")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="build the synthetic Xenium-like dataset and summarise it")
-    demo.add_argument("--repo", default=None, help="(reserved for the job runner) repository path")
+    demo = sub.add_parser(
+        "demo",
+        help="the main job: ingest a synthetic sample and run an aggregation job on it",
+        description="Ingest a synthetic Xenium-like sample into an Icechunk repository, then "
+        "run one aggregation job (transcripts -> cells, image -> cells, cells -> spots) on a "
+        "local Dask cluster and commit its tables atomically. A second run is a no-op.",
+    )
+    demo.add_argument(
+        "--repo",
+        default="spatialflow-demo.icechunk",
+        help="the repository (default ./spatialflow-demo.icechunk)",
+    )
     demo.add_argument(
         "--transcripts",
         type=_positive_int,
@@ -54,6 +74,62 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=cmd_demo)
+
+    run = sub.add_parser("run", help="run a YAML job config and commit its outputs atomically")
+    run.add_argument("config", help="the job config (see configs/aggregate.yaml)")
+    run.add_argument("--scheduler", default=None, help="a running Dask scheduler tcp://host:port")
+    run.add_argument("--branch", default=None, help="commit to this branch (default: config's)")
+    run.add_argument("--dry-run", action="store_true", help="print the plans; write nothing")
+    run.add_argument("--force", action="store_true", help="run even if this run already landed")
+    run.set_defaults(func=cmd_run)
+
+    lg = sub.add_parser("log", help="a repository's history with messages, run keys and tags")
+    lg.add_argument("repo", help="the Icechunk repository")
+    lg.add_argument("--branch", default="main")
+    lg.add_argument("-n", "--limit", type=_positive_int, default=20)
+    lg.set_defaults(func=cmd_log)
+
+    rb = sub.add_parser("rollback", help="move a branch back to a tag or snapshot")
+    rb.add_argument("repo", help="the Icechunk repository")
+    rb.add_argument("--to", required=True, help="a tag (run/...) or a snapshot id")
+    rb.add_argument("--branch", default="main")
+    rb.set_defaults(func=cmd_rollback)
+
+    info = sub.add_parser(
+        "info",
+        help="describe a store: elements, sizes, coordinate systems (and commits of a repository)",
+        description="Describe a SpatialData store or an Icechunk repository from its metadata.",
+    )
+    info.add_argument("url", help="a path or fsspec URL (file://, memory://, s3:// ...)")
+    info.add_argument("--branch", default="main", help="repository branch (default main)")
+    info.add_argument("--snapshot", default=None, help="repository snapshot id")
+    info.add_argument("--commits", type=_positive_int, default=5, help="commits to list")
+    info.add_argument("--json", action="store_true", help="print one JSON object instead")
+    info.add_argument(
+        "--storage-options", type=_json_object, default=None, help="fsspec options as JSON"
+    )
+    info.set_defaults(func=cmd_info)
+
+    conv = sub.add_parser(
+        "convert",
+        help="convert a store to the SpatialData layout or to an Icechunk repository",
+        description="Read SRC (any layout) and write it to DST in the chosen layout.",
+    )
+    conv.add_argument("src", help="the store to read (path or URL)")
+    conv.add_argument("dst", help="where to write (path or URL)")
+    conv.add_argument(
+        "--format",
+        choices=("spatialdata", "icechunk"),
+        default="spatialdata",
+        help="layout of DST (default spatialdata)",
+    )
+    conv.add_argument("--branch", default="main", help="branch of SRC and of DST repositories")
+    conv.add_argument("--snapshot", default=None, help="read this snapshot of SRC")
+    conv.add_argument("--message", default=None, help="commit message (icechunk DST)")
+    conv.add_argument("--overwrite", action="store_true", help="replace a SpatialData store at DST")
+    conv.add_argument("--src-storage-options", type=_json_object, default=None)
+    conv.add_argument("--dst-storage-options", type=_json_object, default=None)
+    conv.set_defaults(func=cmd_convert)
 
     mc = sub.add_parser(
         "map-coords",
@@ -87,34 +163,187 @@ def cmd_map_coords(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    import dask
-    from rich.console import Console
+def cmd_info(args: argparse.Namespace) -> int:
+    from spatialflow.io.info import describe
 
+    info = describe(
+        args.url,
+        branch=args.branch,
+        snapshot=args.snapshot,
+        storage_options=args.storage_options,
+        n_commits=args.commits,
+    )
+    print(json.dumps(info.to_dict()) if args.json else info.render())
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
     import spatialflow as sf
 
-    console = Console(stderr=False)
     t0 = time.perf_counter()
-    ds = sf.datasets.xenium_like(args.transcripts, args.cells, seed=args.seed)
-    console.print(
-        f"[bold]Synthetic Xenium-like dataset[/bold] built in "
-        f"{time.perf_counter() - t0:.2f} s (lazy: nothing computed yet)"
+    ds = sf.read(
+        args.src,
+        branch=args.branch,
+        snapshot=args.snapshot,
+        storage_options=args.src_storage_options,
     )
-    console.print(str(ds))
-    pts = ds.points["transcripts"].data
-    summary = pts.groupby(pts["cell_id"] >= 0).size()
+    log.info("read %s: %d elements", args.src, len(ds))
     with _progress():
-        t1 = time.perf_counter()
-        (per_cell,) = dask.compute(summary)
-    n_in = int(per_cell.get(True, 0))
-    n_all = int(per_cell.sum())
-    console.print(
-        f"Generated {n_all:,} transcripts in {pts.npartitions} partitions in "
-        f"{time.perf_counter() - t1:.1f} s; {n_in / max(n_all, 1):.1%} inside cells."
+        snapshot = ds.write(
+            args.dst,
+            format=args.format,
+            message=args.message or f"convert {args.src}",
+            branch=args.branch,
+            overwrite=args.overwrite,
+            storage_options=args.dst_storage_options,
+        )
+    done = f" (snapshot {snapshot})" if snapshot else ""
+    print(
+        f"converted {len(ds)} elements from {args.src} to {args.dst} "
+        f"[{args.format}]{done} in {time.perf_counter() - t0:.1f} s"
     )
+    return 0
+
+
+def _watch(console: Any) -> Any:
+    """on_client callback: print the dashboard link and show live task progress."""
+
+    def on_client(client: Any) -> None:
+        console.print(f"Dask dashboard: [link]{client.dashboard_link}[/link]")
+        _TaskProgress(client, console).start()
+
+    return on_client
+
+
+class _TaskProgress:
+    """A background line of task counts from the scheduler (tasks done / in flight)."""
+
+    def __init__(self, client: Any, console: Any) -> None:
+        import threading
+
+        self.client, self.console = client, console
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _loop(self) -> None:
+        last = ""
+        while self.client.status == "running":
+            try:
+                counts = self.client.run_on_scheduler(_scheduler_counts)
+            except Exception:
+                return
+            line = (
+                f"  tasks: {counts['memory']} in memory, {counts['processing']} running, "
+                f"{counts['waiting']} waiting"
+            )
+            if line != last and (counts["processing"] or counts["waiting"]):
+                print(line, file=sys.stderr, flush=True)
+                last = line
+            time.sleep(2.0)
+
+
+def _scheduler_counts(dask_scheduler: Any = None) -> dict[str, int]:
+    counts = {"memory": 0, "processing": 0, "waiting": 0}
+    for ts in dask_scheduler.tasks.values():
+        if ts.state in counts:
+            counts[ts.state] += 1
+        elif ts.state in ("no-worker", "queued"):
+            counts["waiting"] += 1
+    return counts
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from spatialflow.jobs.config import load_config
+    from spatialflow.jobs.runner import run_job
+
+    console = Console()
+    cfg = load_config(args.config)
+    res = run_job(
+        cfg,
+        scheduler=args.scheduler,
+        branch=args.branch,
+        dry_run=args.dry_run,
+        force=args.force,
+        on_client=_watch(console),
+    )
+    if res.status == "dry-run":
+        console.print(res.explain, markup=False, highlight=False)
+        console.print(f"dry run: would write {res.elements} (run key {res.run_key[:12]})")
+    elif res.status == "no-op":
+        console.print(
+            f"Nothing to do: this run (key {res.run_key[:12]}) already landed as "
+            f"snapshot {res.snapshot}. Use --force to run it again."
+        )
+    else:
+        console.print(
+            f"Committed {res.elements} as snapshot {res.snapshot}, tagged "
+            f"{res.tag}, in {res.seconds:.1f} s."
+        )
+    return 0
+
+
+def cmd_log(args: argparse.Namespace) -> int:
+    from spatialflow.io.location import location
+    from spatialflow.io.repository import open_repository
+    from spatialflow.jobs.history import history
+
+    repo = open_repository(location(args.repo))
+    for e in history(repo, args.branch, args.limit):
+        tags = f" [{', '.join(e.tags)}]" if e.tags else ""
+        key = f" run {e.run_key[:12]}" if e.run_key else ""
+        print(f"{e.snapshot}  {e.written_at}{key}{tags}  {e.message}")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from spatialflow.io.location import location
+    from spatialflow.io.repository import open_repository
+    from spatialflow.jobs.history import rollback
+
+    repo = open_repository(location(args.repo))
+    old, new = rollback(repo, args.branch, args.to)
+    print(f"{args.branch}: {old} -> {new}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from spatialflow.jobs.demo import run_demo
+
+    console = Console()
+    t0 = time.perf_counter()
+    res = run_demo(
+        args.repo,
+        args.transcripts,
+        args.cells,
+        seed=args.seed,
+        say=lambda text: console.print(text, markup=False, highlight=False),
+        on_client=_watch(console),
+    )
+    job = res.job
+    if job.status == "no-op" and not res.ingested:
+        console.print(
+            f"Nothing to do: the sample and the job are already in {res.repository} "
+            f"(job snapshot {job.snapshot})."
+        )
+    else:
+        console.print(
+            f"[bold]Done in {time.perf_counter() - t0:.1f} s.[/bold] Job "
+            f"{job.status}: tables {job.elements} -> snapshot {job.snapshot}"
+            + (f", tagged {job.tag}" if job.tag else "")
+            + "."
+        )
     console.print(
-        "Next: the aggregation job (spatialflow run) lands with the jobs issue; "
-        "see README.md for the tour."
+        f"Next: spatialflow info {res.repository} | spatialflow log {res.repository}"
+        f" | in Python: sf.read({res.repository!r}).tables"
+        "['transcripts_by_cell']",
+        markup=False,
+        highlight=False,
     )
     return 0
 
@@ -141,6 +370,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:  # Dask's cluster chatter is for -v; progress is shown separately
+        import os
+
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

@@ -167,18 +167,24 @@ class Dataset:
         overwrite: bool = False,
         storage_options: dict[str, Any] | None = None,
     ) -> str | None:
-        """Write every element to ``url``.
+        """Write every element to ``url`` (a path or fsspec URL; ``storage_options`` as for
+        fsspec, e.g. ``{"endpoint_url": ..., "key": ..., "secret": ...}`` for S3).
 
-        ``format="spatialdata"``: the SpatialData 0.8 zarr layout (a directory or fsspec URL;
-        each element is written under a temporary name and renamed when complete).
-        ``format="icechunk"``: the native layout in an Icechunk repository (created if needed),
-        written by Dask tasks into one fork and committed once on ``branch``; returns the
-        snapshot id."""
+        ``format="spatialdata"``: the SpatialData 0.8 zarr layout, readable by spatialdata 0.8.
+        Each element is written under a temporary name and moved into place when complete, so
+        a failed write leaves no half-written element. An existing store is refused unless
+        ``overwrite=True``, which replaces it (a SpatialData store only) so that it then holds
+        exactly this Dataset.
+        ``format="icechunk"``: the native layout in an Icechunk repository (local directory or
+        ``s3://``; created if needed), written by Dask tasks (on the active distributed client
+        if there is one) into one fork and committed once on ``branch`` with ``message``;
+        elements of the same name are replaced, others kept. If any task fails nothing is
+        committed. Returns the new snapshot id (None for the SpatialData layout)."""
         from spatialflow.io.location import location
 
         loc = location(url, storage_options)
         if format == "spatialdata":
-            from spatialflow.io.sdformat import write_spatialdata
+            from spatialflow.io.sdwriter import write_spatialdata
 
             write_spatialdata(self, loc, overwrite=overwrite)
             return None

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import spatialflow
-from spatialflow.cli import main
 
 
 def _run(*args):
@@ -30,11 +29,23 @@ def test_version(capsys):
     assert spatialflow.__version__ in out.stdout
 
 
-def test_demo_small(capsys):
-    assert main(["demo", "--transcripts", "20000", "--cells", "200"]) == 0
-    out = capsys.readouterr().out
-    assert "20,000 transcripts" in out
-    assert "inside cells" in out
+def test_demo_ingests_runs_the_job_and_is_idempotent(tmp_path):
+    repo = tmp_path / "demo.icechunk"
+    args = ("demo", "--repo", str(repo), "--transcripts", "30000", "--cells", "300")
+    first = _run(*args)
+    assert first.returncode == 0, first.stderr
+    assert "Dask dashboard:" in first.stdout and "Job committed" in first.stdout
+    ds = spatialflow.read(repo)
+    assert {"transcripts_by_cell", "morphology_by_cell", "cell_types_by_spot"} <= set(ds.tables)
+    counts = ds.tables["transcripts_by_cell"].data
+    assert counts.n_obs == 300 and counts.X.sum() >= 0.85 * 30000
+    fractions = ds.tables["cell_types_by_spot"].data
+    assert fractions.X.sum() > 0
+    second = _run(*args)
+    assert second.returncode == 0 and "Nothing to do" in second.stdout
+    log = _run("log", str(repo))
+    assert log.stdout.count("\n") == 3  # init, ingest, job
+    assert "run/" in log.stdout
 
 
 def test_bad_argument_is_a_usage_error():

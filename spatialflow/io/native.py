@@ -2,41 +2,56 @@
 
 Icechunk holds zarr arrays only, so points and shapes are stored column by column::
 
-    points/<name>/                 group; attrs: encoding-type "spatialflow:points", axes,
-                                   coordinateTransformations (spatialdata dialect),
+    points/<name>/                 group; attrs: encoding-type "spatialflow:points", version,
+                                   axes, coordinateTransformations (spatialdata dialect),
                                    spatialdata_attrs (feature_key, instance_key), schema
-                                   (columns with dtypes and categories, index), partitions
-                                   (rows and bounding box of each)
-      p00000/<column>              1-D arrays, one group per partition; categoricals as codes
-      p00000/__index__             the index
+                                   (columns with names and dtypes, index), partitions (the
+                                   parts group, rows and bounding box of each partition,
+                                   recorded after all partitions are written)
+      parts-<token>/p00000/c0 ...  one 1-D array per column, by position in schema["columns"]
+                                   (so any column name is allowed); categoricals as codes
+      .../c3_mask                  a uint8 null mask for nullable kinds (strings, Int64 ...)
+      .../index                    the index (index_mask for a nullable one)
     shapes/<name>/                 the same, encoding-type "spatialflow:shapes", plus geometry:
-      p00000/coords (M, 2)         polygons as ragged arrays: ring_offsets (coords per ring),
-      p00000/part_offsets ...      part_offsets (rings per polygon), geom_offsets (polygons per
-                                   geometry), is_multi; circles as x, y (+ the radius column)
+      .../p00000/g_coords (M, 2)   polygons as ragged arrays: g_ring_offsets (coords per
+      .../p00000/g_part_offsets    ring), g_part_offsets (rings per polygon), g_geom_offsets
+                                   (polygons per geometry), g_is_multi; circles as g_x, g_y
+                                   (plus the radius column)
+
+Dtypes are kept exactly: numpy numbers and booleans, pandas' nullable numbers and booleans
+(values + mask), every string dtype (``str``, ``string``, python or pyarrow storage, object),
+and categoricals (codes in the smallest signed integer type, categories and their own dtype in
+the schema). Anything else is refused with a FormatError when the write is planned.
 
 One partition is one group written by exactly one task, so no two tasks ever write the same
 chunk, and a partition's length need not be known before it is computed. That is a deliberate
 refinement of DESIGN.md section 6 ("the coordinator creates every output node first"): the
-coordinator creates the element group and its schema; each writing task creates the arrays of
-its own partition under a path no other task uses, which Icechunk merges without conflict; the
-coordinator records the partition table (rows, bounds) after merging. A partition's arrays
-are written whole, in chunks of up to 1M rows.
+coordinator creates the element group, its schema and an empty ``parts-<token>`` group; each
+writing task creates the arrays of its own partition under a path no other task uses, which
+Icechunk merges without conflict; the coordinator records the partition table (parts group,
+rows, bounds) after merging. The token is new for every write, because Icechunk refuses to
+merge a fork that creates arrays at paths the base session deleted (replacing an element
+deletes its old partitions). A reader refuses an element without a partition table (an
+unfinished write). A partition's arrays are written whole, in chunks of up to 1M rows.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import dask
 import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 import zarr
 
 from spatialflow.errors import FormatError
+from spatialflow.io.sdtransforms import write_transforms
 from spatialflow.transforms import Transform
-from spatialflow.transforms.ngff import to_spatialdata_dict
 
 __all__ = [
+    "LAYOUT_VERSION",
+    "exact_dtypes",
     "frame_schema",
     "native_attrs",
     "partition_path",
@@ -46,11 +61,26 @@ __all__ = [
 
 LAYOUT_VERSION = 1
 CHUNK_ROWS = 1 << 20
-INDEX = "__index__"
+INDEX = "index"
+_ALL_CHUNKS = {"write_empty_chunks": True}  # every chunk exists, even all-zero ones
+_MASKED = frozenset(
+    [*(f"{s}Int{b}" for s in ("", "U") for b in (8, 16, 32, 64)), "Float32", "Float64", "boolean"]
+)
+
+
+def exact_dtypes() -> Any:
+    """Dask's ``dataframe.convert-string`` turned off while building a collection: dask would
+    otherwise turn every ``str``/object column and index into ``string[pyarrow]`` (NA), and a
+    store's dtypes would not come back as they were written."""
+    return dask.config.set({"dataframe.convert-string": False})
 
 
 def partition_path(k: int) -> str:
     return f"p{k:05d}"
+
+
+def _py(v: Any) -> Any:
+    return v.item() if isinstance(v, np.generic) else v
 
 
 # --- schema ------------------------------------------------------------------------------
@@ -60,37 +90,56 @@ def frame_schema(meta: pd.DataFrame, where: str, skip: tuple[str, ...] = ()) -> 
     for name in meta.columns:
         if name in skip:
             continue
-        cols.append(
-            {"name": str(name), **_dtype_spec(meta[name].dtype, f"{where}: column {name!r}")}
-        )
-    index = {"name": meta.index.name, **_dtype_spec(meta.index.dtype, f"{where}: index")}
+        if not isinstance(name, str):
+            raise FormatError(f"{where}: column name {name!r} is not a string; rename it")
+        cols.append({"name": name, **dtype_spec(meta[name].dtype, f"{where}: column {name!r}")})
+    index_name = meta.index.name
+    if index_name is not None and not isinstance(index_name, str):
+        raise FormatError(f"{where}: index name {index_name!r} is not a string; rename it")
+    index = {"name": index_name, **dtype_spec(meta.index.dtype, f"{where}: index")}
     return {"columns": cols, "index": index}
 
 
-def _dtype_spec(dtype: Any, where: str) -> dict[str, Any]:
+def dtype_spec(dtype: Any, where: str) -> dict[str, Any]:
+    """The JSON description of a pandas/numpy dtype the layout can store."""
     if isinstance(dtype, pd.CategoricalDtype):
         cats = dtype.categories
-        values = [v.item() if isinstance(v, np.generic) else v for v in cats.tolist()]
         return {
             "kind": "categorical",
-            "categories": values,
+            "categories": [_py(v) for v in cats.tolist()],
             "ordered": bool(dtype.ordered),
-            "categories_dtype": "str" if _is_str(cats.dtype) else str(cats.dtype),
+            "categories_dtype": dtype_spec(cats.dtype, f"{where} categories"),
         }
-    if _is_str(dtype):
-        return {"kind": "string"}
-    if pd.api.types.is_bool_dtype(dtype):
-        return {"kind": "numeric", "dtype": "bool"}
-    if pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_complex_dtype(dtype):
-        return {"kind": "numeric", "dtype": np.dtype(dtype).str}
+    if isinstance(dtype, pd.StringDtype):
+        na = "NA" if dtype.na_value is pd.NA else "nan"
+        return {"kind": "string", "storage": dtype.storage, "na": na}
+    if isinstance(dtype, np.dtype) and dtype.kind == "O":
+        return {"kind": "string", "storage": "object", "na": "None"}
+    if str(dtype) in _MASKED:
+        return {"kind": "masked", "dtype": str(dtype)}
+    if isinstance(dtype, np.dtype) and dtype.kind in "biuf":
+        return {"kind": "numeric", "dtype": dtype.str}
     raise FormatError(
-        f"{where}: dtype {dtype} cannot be stored in the native layout "
-        "(numbers, booleans, strings and categoricals can)"
+        f"{where}: dtype {dtype} cannot be stored in the native layout (numbers, booleans, "
+        "nullable numbers, strings and categoricals can); convert the column first"
     )
 
 
-def _is_str(dtype: Any) -> bool:
-    return pd.api.types.is_object_dtype(dtype) or pd.api.types.is_string_dtype(dtype)
+def pandas_dtype(spec: dict[str, Any]) -> Any:
+    """The dtype a :func:`dtype_spec` describes."""
+    kind = spec.get("kind")
+    if kind == "categorical":
+        cats = pd.Index(spec["categories"], dtype=pandas_dtype(spec["categories_dtype"]))
+        return pd.CategoricalDtype(cats, ordered=bool(spec.get("ordered", False)))
+    if kind == "string":
+        if spec["storage"] == "object":
+            return np.dtype(object)
+        return pd.StringDtype(spec["storage"], na_value=pd.NA if spec["na"] == "NA" else np.nan)
+    if kind == "masked":
+        return pd.api.types.pandas_dtype(spec["dtype"])
+    if kind == "numeric":
+        return np.dtype(spec["dtype"])
+    raise FormatError(f"unknown column kind {kind!r} in a native schema")
 
 
 def native_attrs(
@@ -104,28 +153,96 @@ def native_attrs(
         "encoding-type": f"spatialflow:{kind}",
         "version": LAYOUT_VERSION,
         "axes": list(axes),
-        "coordinateTransformations": [
-            to_spatialdata_dict(t, axes, cs) for cs, t in transforms.items()
-        ],
+        "coordinateTransformations": write_transforms(transforms, axes),
         "schema": schema,
         **extra,
     }
+
+
+# --- encoding values ---------------------------------------------------------------------
+def _code_dtype(n_categories: int) -> np.dtype:
+    for t in (np.int8, np.int16, np.int32):
+        if n_categories <= np.iinfo(t).max:
+            return np.dtype(t)
+    return np.dtype(np.int64)
+
+
+def encode(values: Any, spec: dict[str, Any], where: str) -> dict[str, np.ndarray]:
+    """The arrays (``""`` = values, ``"mask"`` = nulls) that store ``values`` of ``spec``."""
+    kind = spec["kind"]
+    dtype = pandas_dtype(spec)
+    if kind == "categorical":
+        codes = pd.Categorical(values, dtype=dtype).codes
+        return {"": codes.astype(_code_dtype(len(dtype.categories)))}
+    if kind == "numeric":
+        return {"": np.asarray(values, dtype=dtype)}
+    if kind == "masked":
+        arr = pd.array(values, dtype=dtype)
+        mask = np.asarray(arr.isna())
+        return {
+            "": arr.to_numpy(dtype=dtype.numpy_dtype, na_value=0),
+            "mask": mask.astype(np.uint8),
+        }
+    obj = np.asarray(values, dtype=object)
+    mask = np.asarray(pd.isna(obj), dtype=bool)
+    bad = [v for v in obj[~mask][:1000] if not isinstance(v, str)]
+    if bad:
+        raise FormatError(
+            f"{where}: holds non-string values such as {bad[0]!r} ({type(bad[0]).__name__}); "
+            "cast the column to str or category first"
+        )
+    text = obj.copy()
+    text[mask] = ""
+    return {"": text, "mask": mask.astype(np.uint8)}
+
+
+def decode(arrays: dict[str, np.ndarray], spec: dict[str, Any]) -> Any:
+    """The values (numpy or pandas array) stored as ``arrays`` for ``spec``."""
+    kind = spec["kind"]
+    dtype = pandas_dtype(spec)
+    raw = arrays[""]
+    if kind == "categorical":
+        return pd.Categorical.from_codes(np.asarray(raw, dtype=np.int64), dtype=dtype)
+    if kind == "numeric":
+        return np.asarray(raw, dtype=dtype)
+    mask = np.asarray(arrays["mask"], dtype=bool)
+    if kind == "masked":
+        out = pd.array(np.asarray(raw, dtype=dtype.numpy_dtype), dtype=dtype)
+        out[mask] = pd.NA
+        return out
+    obj = np.asarray(raw, dtype=object)
+    obj[mask] = None
+    return obj if spec["storage"] == "object" else pd.array(obj, dtype=dtype)
 
 
 # --- writing one partition ---------------------------------------------------------------
 def _put(group: zarr.Group, name: str, values: np.ndarray) -> None:
     n = values.shape[0]
     chunks = (max(1, min(n, CHUNK_ROWS)), *values.shape[1:])
-    if values.dtype == object or values.dtype.kind in "US":
-        arr = group.create_array(name, shape=values.shape, chunks=chunks, dtype=str)
-        if n:
-            arr[...] = np.asarray(values, dtype=object).astype(str)
-        return
-    arr = group.create_array(
-        name, shape=values.shape, chunks=chunks, dtype=values.dtype, fill_value=0
-    )
+    if values.dtype == object:
+        arr = group.create_array(
+            name, shape=values.shape, chunks=chunks, dtype=str, config=_ALL_CHUNKS
+        )
+    else:
+        arr = group.create_array(
+            name,
+            shape=values.shape,
+            chunks=chunks,
+            dtype=values.dtype,
+            fill_value=0,
+            config=_ALL_CHUNKS,
+        )
     if n:
         arr[...] = values
+
+
+def _put_encoded(group: zarr.Group, name: str, values: Any, spec: dict, where: str) -> None:
+    for suffix, arr in encode(values, spec, where).items():
+        _put(group, f"{name}_{suffix}" if suffix else name, arr)
+
+
+def column_array(k: int) -> str:
+    return f"c{k}"
 
 
 def write_frame_partition(
@@ -140,17 +257,10 @@ def write_frame_partition(
     """Write partition ``k`` of a frame into ``store`` at ``path``; return its rows and bounds."""
     root = zarr.open_group(store, path=path, mode="r+", zarr_format=3)
     g = root.create_group(partition_path(k))
-    for col in schema["columns"]:
-        values = df[col["name"]]
-        if col["kind"] == "categorical":
-            codes = pd.Categorical(values, categories=pd.Index(col["categories"])).codes
-            _put(g, col["name"], np.asarray(codes, dtype=np.int32))
-        elif col["kind"] == "string":
-            _put(g, col["name"], values.to_numpy(dtype=object))
-        else:
-            _put(g, col["name"], values.to_numpy(dtype=np.dtype(col["dtype"])))
-    idx = df.index.to_numpy()
-    _put(g, INDEX, idx.astype(object) if schema["index"]["kind"] == "string" else idx)
+    where = f"{path}/{partition_path(k)}"
+    for i, col in enumerate(schema["columns"]):
+        _put_encoded(g, column_array(i), df[col["name"]], col, f"{where}: column {col['name']!r}")
+    _put_encoded(g, INDEX, df.index, schema["index"], f"{where}: index")
     if geometry is None:
         coords = df[list(axes)].to_numpy(dtype=np.float64)
         lo, hi = coords, coords
@@ -158,8 +268,8 @@ def write_frame_partition(
         lo, hi = _write_geometry(g, df, geometry)
     if len(df):
         bounds = np.concatenate([np.nanmin(lo, axis=0), np.nanmax(hi, axis=0)]).tolist()
-    else:
-        bounds = [float("nan")] * (2 * len(axes))
+    else:  # JSON has no NaN: an empty partition has no bounds (read back as NaN)
+        bounds = [None] * (2 * len(axes))
     return {"k": k, "rows": len(df), "bounds": bounds}
 
 
@@ -169,8 +279,8 @@ def _write_geometry(g: zarr.Group, gdf: Any, geometry: str) -> tuple[np.ndarray,
     geoms = gdf.geometry.values
     if geometry == "circles":
         xy = shapely.get_coordinates(geoms) if len(gdf) else np.empty((0, 2))
-        _put(g, "x", xy[:, 0].copy())
-        _put(g, "y", xy[:, 1].copy())
+        _put(g, "g_x", xy[:, 0].copy())
+        _put(g, "g_y", xy[:, 1].copy())
         r = gdf["radius"].to_numpy(dtype=np.float64)[:, None]
         return xy - r, xy + r
     is_multi = shapely.get_type_id(geoms) == shapely.GeometryType.MULTIPOLYGON
@@ -180,28 +290,23 @@ def _write_geometry(g: zarr.Group, gdf: Any, geometry: str) -> tuple[np.ndarray,
     if len(gdf):
         _, coords, (ring_off, part_off, geom_off) = shapely.to_ragged_array(as_multi)
     else:
-        coords, ring_off, part_off, geom_off = (
-            np.empty((0, 2)),
-            np.zeros(1, np.int64),
-            np.zeros(1, np.int64),
-            np.zeros(1, np.int64),
-        )
-    _put(g, "coords", np.ascontiguousarray(coords[:, :2], dtype=np.float64))
-    _put(g, "ring_offsets", np.asarray(ring_off, dtype=np.int64))
-    _put(g, "part_offsets", np.asarray(part_off, dtype=np.int64))
-    _put(g, "geom_offsets", np.asarray(geom_off, dtype=np.int64))
-    _put(g, "is_multi", is_multi.astype(np.uint8))
+        coords = np.empty((0, 2))
+        ring_off = part_off = geom_off = np.zeros(1, np.int64)
+    _put(g, "g_coords", np.ascontiguousarray(coords[:, :2], dtype=np.float64))
+    _put(g, "g_ring_offsets", np.asarray(ring_off, dtype=np.int64))
+    _put(g, "g_part_offsets", np.asarray(part_off, dtype=np.int64))
+    _put(g, "g_geom_offsets", np.asarray(geom_off, dtype=np.int64))
+    _put(g, "g_is_multi", is_multi.astype(np.uint8))
     b = shapely.bounds(geoms) if len(gdf) else np.empty((0, 4))
     return b[:, :2], b[:, 2:]
 
 
 # --- reading -------------------------------------------------------------------------------
 def _meta(schema: dict[str, Any], geometry: str | None) -> pd.DataFrame:
-    cols: dict[str, Any] = {}
-    for col in schema["columns"]:
-        cols[col["name"]] = _empty(col)
-    index = _empty(schema["index"])
-    df = pd.DataFrame(cols, index=pd.Index(index, name=schema["index"]["name"]))
+    cols = {c["name"]: pd.Series([], dtype=pandas_dtype(c)) for c in schema["columns"]}
+    idx = schema["index"]
+    index = pd.Index(pd.Series([], dtype=pandas_dtype(idx)), name=idx["name"])
+    df = pd.DataFrame(cols, index=index)
     if geometry is not None:
         import geopandas as gpd
 
@@ -209,16 +314,11 @@ def _meta(schema: dict[str, Any], geometry: str | None) -> pd.DataFrame:
     return df
 
 
-def _empty(spec: dict[str, Any]) -> Any:
-    if spec["kind"] == "categorical":
-        cats = pd.Index(
-            spec["categories"],
-            dtype="str" if spec["categories_dtype"] == "str" else spec["categories_dtype"],
-        )
-        return pd.Categorical([], categories=cats, ordered=spec.get("ordered", False))
-    if spec["kind"] == "string":
-        return pd.array([], dtype="str")
-    return np.empty(0, dtype=np.dtype(spec["dtype"]))
+def _read_encoded(g: zarr.Group, name: str, spec: dict[str, Any]) -> Any:
+    arrays = {"": g[name][...]}
+    if spec["kind"] in ("masked", "string"):
+        arrays["mask"] = g[f"{name}_mask"][...]
+    return decode(arrays, spec)
 
 
 def read_frame_partition(
@@ -229,46 +329,39 @@ def read_frame_partition(
     geometry: str | None,
     columns: list[str] | None = None,
 ) -> pd.DataFrame:
-    g = zarr.open_group(store, path=f"{path}/{partition_path(k)}", mode="r", zarr_format=3)
-    cols: dict[str, Any] = {}
-    for col in schema["columns"]:
-        if columns is not None and col["name"] not in columns:
-            continue
-        raw = g[col["name"]][...]
-        if col["kind"] == "categorical":
-            meta = _empty(col)
-            cols[col["name"]] = pd.Categorical.from_codes(raw, dtype=meta.dtype)
-        elif col["kind"] == "string":
-            cols[col["name"]] = pd.array(raw.astype(object), dtype="str")
-        else:
-            cols[col["name"]] = raw
-    idx_raw = g[INDEX][...]
-    if schema["index"]["kind"] == "string":
-        index = pd.Index(
-            pd.array(idx_raw.astype(object), dtype="str"), name=schema["index"]["name"]
-        )
-    elif schema["index"]["kind"] == "categorical":
-        index = pd.CategoricalIndex(idx_raw, name=schema["index"]["name"])
-    else:
-        index = pd.Index(idx_raw, name=schema["index"]["name"])
+    """Partition ``k`` of the frame at ``path`` (only ``columns`` if given)."""
+    where = f"{path}/{partition_path(k)}"
+    try:
+        g = zarr.open_group(store, path=where, mode="r", zarr_format=3)
+        cols: dict[str, Any] = {}
+        for i, col in enumerate(schema["columns"]):
+            if columns is None or col["name"] in columns:
+                cols[col["name"]] = _read_encoded(g, column_array(i), col)
+        idx = schema["index"]
+        index = pd.Index(_read_encoded(g, INDEX, idx), name=idx["name"])
+        geoms = _read_geometry(g, geometry) if geometry is not None else None
+    except (KeyError, FileNotFoundError) as e:
+        raise FormatError(f"{where}: a stored array is missing ({e}); the store is damaged") from e
     df = pd.DataFrame(cols, index=index)
-    if geometry is None:
+    if geoms is None:
         return df if columns is None else df[list(columns)]
     import geopandas as gpd
 
-    return gpd.GeoDataFrame(df, geometry=_read_geometry(g, geometry), crs=None)
+    return gpd.GeoDataFrame(df, geometry=geoms, crs=None)
 
 
 def _read_geometry(g: zarr.Group, geometry: str) -> np.ndarray:
     import shapely
 
     if geometry == "circles":
-        return shapely.points(g["x"][...], g["y"][...])
-    offsets = (g["ring_offsets"][...], g["part_offsets"][...], g["geom_offsets"][...])
+        return shapely.points(g["g_x"][...], g["g_y"][...])
+    offsets = (g["g_ring_offsets"][...], g["g_part_offsets"][...], g["g_geom_offsets"][...])
     if len(offsets[2]) <= 1:
         return np.empty(0, dtype=object)
-    geoms = shapely.from_ragged_array(shapely.GeometryType.MULTIPOLYGON, g["coords"][...], offsets)
-    single = g["is_multi"][...] == 0
+    geoms = shapely.from_ragged_array(
+        shapely.GeometryType.MULTIPOLYGON, g["g_coords"][...], offsets
+    )
+    single = g["g_is_multi"][...] == 0
     if single.any():
         geoms[single] = shapely.get_geometry(geoms[single], 0)
     return geoms
@@ -278,29 +371,38 @@ def read_native_frame(
     store: Any, path: str, attrs: dict[str, Any], where: str
 ) -> tuple[dd.DataFrame, np.ndarray | None]:
     """The partitioned frame stored at ``path`` and its partition bounds."""
+    if attrs.get("version") != LAYOUT_VERSION:
+        raise FormatError(
+            f"{where}: unknown native layout version {attrs.get('version')!r} "
+            f"(this spatialflow reads version {LAYOUT_VERSION}); upgrade spatialflow"
+        )
     try:
         schema = attrs["schema"]
         parts = attrs["partitions"]
-        rows, bounds = parts["rows"], parts["bounds"]
+        rows, bounds, parts_path = parts["rows"], parts["bounds"], f"{path}/{parts['group']}"
     except (KeyError, TypeError) as e:
         raise FormatError(
             f"{where}: native element metadata lacks {e}; the write did not finish"
         ) from e
     geometry = attrs.get("geometry")
-    meta = _meta(schema, geometry)
+    try:
+        meta = _meta(schema, geometry)
+    except (KeyError, TypeError, ValueError) as e:
+        raise FormatError(f"{where}: malformed schema ({e})") from e
     n = len(rows)
-    if n == 0:
-        return dd.from_pandas(meta, npartitions=1), None
-    ddf = dd.from_map(
-        read_frame_partition,
-        [store] * n,
-        [path] * n,
-        list(range(n)),
-        [schema] * n,
-        [geometry] * n,
-        meta=meta,
-        enforce_metadata=False,
-        label="read-native",
-    )
+    with exact_dtypes():
+        if n == 0:
+            return dd.from_pandas(meta, npartitions=1), None
+        ddf = dd.from_map(
+            read_frame_partition,
+            [store] * n,
+            [parts_path] * n,
+            list(range(n)),
+            [schema] * n,
+            [geometry] * n,
+            meta=meta,
+            enforce_metadata=False,
+            label="read-native",
+        )
     b = np.asarray(bounds, dtype=np.float64)
     return ddf, b

@@ -1,37 +1,55 @@
-"""Icechunk repositories: storage from a URL, and reading a Dataset from a snapshot.
+"""Icechunk repositories: storage from a URL, reading a Dataset from a snapshot, history.
 
 Only read-only sessions are opened here; writable sessions belong to ``jobs/``. A repository
 lives in a local directory (``path`` or ``file://``) or an S3-compatible bucket
-(``s3://bucket/prefix`` with ``storage_options`` such as ``endpoint_url``, ``key``, ``secret``;
-``allow_http`` is inferred from an ``http://`` endpoint).
+(``s3://bucket/prefix`` with ``storage_options`` as for s3fs: ``endpoint_url``, ``key``,
+``secret``, ``region`` or ``client_kwargs={"region_name": ...}``; ``allow_http`` is inferred
+from an ``http://`` endpoint, and a custom endpoint uses path-style addressing).
 
 Inside, rasters and tables are laid out as in SpatialData, points and shapes in the native
 columnar layout (io/native.py); the root group carries ``spatialdata_attrs`` and
-``spatialflow: {"layout": "native"}``.
+``spatialflow: {"layout": "native"}``, which the reader requires.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import zarr
 
 from spatialflow.dataset import Dataset
 from spatialflow.elements import KINDS, Points, Shapes
-from spatialflow.elements.base import check_name
 from spatialflow.errors import FormatError, SpatialFlowError
 from spatialflow.io.location import Location
 from spatialflow.io.native import read_native_frame
-from spatialflow.io.sdformat import read_raster_group, read_table_group
-from spatialflow.transforms.ngff import from_spatialdata_dict
+from spatialflow.io.sdformat import element_groups, read_raster_group, read_table_group
+from spatialflow.io.sdtransforms import read_transforms
 
-__all__ = ["open_repository", "read_repository", "read_session", "repository_storage"]
+__all__ = [
+    "Commit",
+    "branches",
+    "history",
+    "open_repository",
+    "read_repository",
+    "read_session",
+    "repository_storage",
+]
 
 os.environ.setdefault("ICECHUNK_LOG", "error")  # icechunk's Rust logs: keep warnings quiet
+NATIVE_LAYOUT = "native"
+
+
+def _short(e: BaseException) -> str:
+    """An icechunk error's first line (the rest is a Rust span trace)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def repository_storage(loc: Location) -> Any:
+    """The icechunk Storage for a local directory or an S3(-compatible) prefix."""
     import icechunk
 
     if loc.is_local:
@@ -41,24 +59,30 @@ def repository_storage(loc: Location) -> Any:
         opts = loc.storage_options
         client = opts.get("client_kwargs", {}) or {}
         endpoint = opts.get("endpoint_url") or client.get("endpoint_url")
+        key = opts.get("key") or opts.get("aws_access_key_id")
+        secret = opts.get("secret") or opts.get("aws_secret_access_key")
+        anonymous = bool(opts.get("anon"))
         return icechunk.s3_storage(
             bucket=bucket,
-            prefix=prefix or None,
+            prefix=prefix.strip("/") or None,
             endpoint_url=endpoint,
             region=opts.get("region") or client.get("region_name") or "us-east-1",
             allow_http=bool(endpoint and str(endpoint).startswith("http://")),
-            access_key_id=opts.get("key"),
-            secret_access_key=opts.get("secret"),
-            anonymous=opts.get("anon"),
+            access_key_id=key,
+            secret_access_key=secret,
+            session_token=opts.get("token"),
+            anonymous=anonymous or None,
             force_path_style=bool(endpoint),
-            from_env=None if opts.get("key") else True,
+            from_env=None if (key or anonymous) else True,
         )
     raise FormatError(
-        f"{loc.url}: Icechunk repositories can live on local disk or S3, not '{loc.protocol}://'"
+        f"{loc.url}: Icechunk repositories can live on local disk or S3, not "
+        f"'{loc.protocol}://'; use a local path or an s3:// URL"
     )
 
 
 def open_repository(loc: Location, create: bool = False) -> Any:
+    """Open the repository at ``loc`` (``create``: make it if there is none)."""
     import icechunk
 
     storage = repository_storage(loc)
@@ -67,10 +91,11 @@ def open_repository(loc: Location, create: bool = False) -> Any:
             return icechunk.Repository.open_or_create(storage)
         return icechunk.Repository.open(storage)
     except icechunk.IcechunkError as e:
-        raise FormatError(f"{loc.url}: cannot open the Icechunk repository ({e})") from e
+        raise FormatError(f"{loc.url}: cannot open the Icechunk repository ({_short(e)})") from e
 
 
 def read_repository(loc: Location, branch: str = "main", snapshot: str | None = None) -> Dataset:
+    """The Dataset at the head of ``branch`` (or at ``snapshot``) of the repository."""
     import icechunk
 
     repo = open_repository(loc)
@@ -80,9 +105,9 @@ def read_repository(loc: Location, branch: str = "main", snapshot: str | None = 
             if snapshot is not None
             else repo.readonly_session(branch=branch)
         )
-    except icechunk.IcechunkError as e:
+    except (icechunk.IcechunkError, ValueError) as e:
         what = f"snapshot {snapshot!r}" if snapshot is not None else f"branch {branch!r}"
-        raise FormatError(f"{loc.url}: no {what} in this repository ({e})") from e
+        raise FormatError(f"{loc.url}: no {what} in this repository ({_short(e)})") from e
     return read_session(session, loc.url)
 
 
@@ -93,40 +118,42 @@ def read_session(session: Any, where: str) -> Dataset:
         root = zarr.open_group(store, mode="r", zarr_format=3)
     except Exception as e:  # an empty repository has no root group yet
         raise FormatError(f"{where}: the repository holds no dataset yet ({e})") from e
+    layout = (root.attrs.get("spatialflow") or {}).get("layout")
+    if layout != NATIVE_LAYOUT:
+        raise FormatError(
+            f"{where}: the repository's root group has no spatialflow.layout == "
+            f"{NATIVE_LAYOUT!r} (found {layout!r}); it was not written by spatialflow"
+        )
     ds = Dataset()
     for kind in KINDS:
-        if kind not in root:
-            continue
-        for name in sorted(root[kind].group_keys()):
-            path = f"{kind}/{name}"
-            loc = f"{where}/{path}"
+        for name, group in element_groups(root, kind, where):
+            loc = f"{where}/{kind}/{name}"
             try:
-                check_name(name, kind[:-1])
-                group = root[path]
-                if kind in ("images", "labels"):
-                    el = read_raster_group(group, kind, loc)
-                elif kind == "tables":
-                    el = read_table_group(group, loc)
-                else:
-                    el = _read_frame(store, path, group.attrs.asdict(), kind, loc)
+                el = _read_element(store, kind, f"{kind}/{name}", group, loc)
+                getattr(ds, kind)[name] = el
             except FormatError:
                 raise
             except SpatialFlowError as e:
                 raise FormatError(f"{loc}: {e}") from e
-            getattr(ds, kind)[name] = el
     return ds
+
+
+def _read_element(store: Any, kind: str, path: str, group: zarr.Group, where: str) -> Any:
+    if kind in ("images", "labels"):
+        return read_raster_group(group, kind, where)
+    if kind == "tables":
+        return read_table_group(group, where)
+    return _read_frame(store, path, group.attrs.asdict(), kind, where)
 
 
 def _read_frame(store: Any, path: str, attrs: dict[str, Any], kind: str, where: str) -> Any:
     expected = f"spatialflow:{kind}"
     if attrs.get("encoding-type") != expected:
         raise FormatError(
-            f"{where}: not a native {kind} element (encoding-type {attrs.get('encoding-type')!r})"
+            f"{where}: not a native {kind} element (encoding-type "
+            f"{attrs.get('encoding-type')!r}, expected {expected!r})"
         )
-    transforms = {}
-    for entry in attrs.get("coordinateTransformations", []):
-        cs, t = from_spatialdata_dict(entry)
-        transforms[cs] = t
+    transforms = read_transforms(attrs.get("coordinateTransformations"), where)
     ddf, bounds = read_native_frame(store, path, attrs, where)
     if kind == "points":
         sd = attrs.get("spatialdata_attrs", {})
@@ -138,3 +165,37 @@ def _read_frame(store: Any, path: str, attrs: dict[str, Any], kind: str, where: 
             partition_bounds=bounds,
         )
     return Shapes(ddf, transforms=transforms, partition_bounds=bounds)
+
+
+# --- history -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Commit:
+    """One snapshot in a branch's history."""
+
+    id: str
+    message: str
+    written_at: datetime
+    metadata: dict[str, Any]
+
+
+def history(loc: Location, branch: str = "main", limit: int | None = None) -> list[Commit]:
+    """The snapshots of ``branch``, newest first (at most ``limit``)."""
+    import icechunk
+
+    repo = open_repository(loc)
+    out: list[Commit] = []
+    try:
+        for info in repo.ancestry(branch=branch):
+            if limit is not None and len(out) >= limit:
+                break
+            out.append(Commit(info.id, info.message, info.written_at, dict(info.metadata or {})))
+    except (icechunk.IcechunkError, ValueError) as e:
+        raise FormatError(
+            f"{loc.url}: no branch {branch!r} in this repository ({_short(e)})"
+        ) from e
+    return out
+
+
+def branches(loc: Location) -> list[str]:
+    """The repository's branch names, sorted."""
+    return sorted(open_repository(loc).list_branches())

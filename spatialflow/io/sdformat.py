@@ -1,25 +1,32 @@
-"""The SpatialData 0.8 zarr layout (container "0.2", zarr v3), and reading the legacy "0.1" (v2).
+"""Reading the SpatialData zarr layout: container "0.2" (zarr v3) and the legacy "0.1" (zarr v2).
 
 Everything here follows what spatialdata 0.8 itself writes and reads (see FORMAT.md): rasters as
-OME-Zarr multiscales with ``ome.version == "0.5-dev-spatialdata"``, points as a dask parquet
-directory, shapes as one GeoParquet file (WKB), tables in the AnnData zarr encoding, and the
-root's consolidated metadata kept in sync.
+OME-Zarr multiscales, points as a dask parquet directory, shapes as one GeoParquet file (WKB or
+geoarrow; the legacy shapes format 0.1 as ragged zarr arrays), tables in the AnnData zarr
+encoding. Writing lives in io/sdwriter.py.
 
-Raster and table *nodes* are written through the zarr API onto any zarr store, so the native
-Icechunk layout (io/native.py, jobs/) reuses :func:`create_raster_nodes` and
-:func:`write_table`; parquet parts only exist in a plain directory or object store.
+Reading is lazy and touches metadata only, with one exception: the categories of dictionary
+(categorical) columns of points are read from the parquet dictionaries of every part (those
+columns only, in parallel), so the feature column is a *known* categorical with the categories
+in the order they were written, as the element model requires. Rasters become dask arrays over
+the zarr arrays, points a dask DataFrame with one partition per parquet row group (bounds from
+the parquet statistics, so queries can skip row groups; the writer bounds row groups at 64Ki
+points), shapes one partition per row group.
 
-Reading is lazy: rasters become dask arrays over the zarr arrays, points a dask DataFrame with
-one partition per parquet part (bounds taken from the parquet statistics), shapes one partition
-per row group. Categories of the feature column are read from the parquet dictionaries (one
-column, once) so the feature is a *known* categorical, as the element model requires.
+Versions: every version string spatialdata 0.8 knows is accepted, anything else is a
+FormatError naming the path and the version: container "0.2" (v3) / "0.1" (v2); raster
+``ome.version`` "0.5-dev-spatialdata" (v3) and multiscales "0.4-dev-spatialdata" or "0.4" (v2);
+points "0.2"/"0.1"; shapes "0.3"/"0.2"/"0.1"; tables "0.2"/"0.1".
+
+Dtypes: spatialdata reads points with ``dask.dataframe.read_parquet`` (dask's string
+conversion applies) and shapes with geopandas (no conversion); this reader does the same, so a
+Dataset read here converts to exactly what ``spatialdata.read_zarr`` returns.
 """
 
 from __future__ import annotations
 
-import contextlib
+import json
 import re
-import uuid
 import warnings
 from typing import Any
 
@@ -38,30 +45,49 @@ from spatialflow.elements import KINDS, Image, Labels, Points, RasterElement, Sh
 from spatialflow.elements.base import check_name
 from spatialflow.errors import FormatError, SpatialFlowError
 from spatialflow.io.location import Location
-from spatialflow.transforms import Transform
-from spatialflow.transforms.ngff import from_spatialdata_dict, to_spatialdata_dict
+from spatialflow.io.native import exact_dtypes
+from spatialflow.io.sdtransforms import read_transforms
 
 __all__ = [
+    "CONTAINER_VERSION",
     "RASTER_OME_VERSION",
-    "create_raster_nodes",
+    "TMP_PREFIX",
+    "Quiet",
+    "element_groups",
+    "read_raster_group",
     "read_spatialdata",
     "read_table_group",
-    "write_spatialdata",
-    "write_table",
 ]
 
 CONTAINER_VERSION = "0.2"
 LEGACY_CONTAINER_VERSION = "0.1"
 RASTER_OME_VERSION = "0.5-dev-spatialdata"
-LEGACY_RASTER_VERSION = "0.4-dev-spatialdata"
+LEGACY_RASTER_VERSIONS = ("0.4-dev-spatialdata", "0.4")
 RASTER_ATTRS_VERSION = "0.3"
 POINTS_VERSION = "0.2"
 SHAPES_VERSION = "0.3"
 TABLE_VERSION = "0.2"
-_TMP_PREFIX = "__spatialflow_tmp_"
+KNOWN_POINTS_VERSIONS = ("0.2", "0.1")
+KNOWN_SHAPES_VERSIONS = ("0.3", "0.2", "0.1")
+KNOWN_TABLE_VERSIONS = ("0.2", "0.1")
+TMP_PREFIX = "__spatialflow_tmp_"  # an element being written; never read as an element
 
 
-class _Quiet:
+_MOVED_TO_SDWRITER = frozenset(
+    ["create_raster_nodes", "raster_attrs", "regular_chunks", "write_spatialdata", "write_table"]
+)
+
+
+def __getattr__(name: str) -> Any:
+    """Writing moved to io/sdwriter.py; its names stay importable from here."""
+    if name in _MOVED_TO_SDWRITER:
+        from spatialflow.io import sdwriter
+
+        return getattr(sdwriter, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class Quiet:
     """Silence zarr's warnings about parquet directories and consolidated metadata."""
 
     def __enter__(self) -> None:
@@ -75,51 +101,75 @@ class _Quiet:
         self._cm.__exit__(*exc)
 
 
-# =========================================================================================
-# reading
-# =========================================================================================
-def read_spatialdata(loc: Location, legacy: bool = False) -> Dataset:
-    """Open a SpatialData store lazily (metadata only)."""
-    fmt = 2 if legacy else 3
+# --- the container -----------------------------------------------------------------------
+def _container_version(loc: Location, legacy: bool) -> None:
     meta_file = ".zattrs" if legacy else "zarr.json"
-    root_meta = loc.read_json(meta_file) if loc.exists(meta_file) else {}
-    attrs = root_meta if legacy else root_meta.get("attributes", {})
-    sd_attrs = attrs.get("spatialdata_attrs")
+    meta = loc.read_json(meta_file) if loc.exists(meta_file) else {}
+    attrs = meta if legacy else meta.get("attributes", {})
+    sd_attrs = attrs.get("spatialdata_attrs") if isinstance(attrs, dict) else None
+    if legacy and not sd_attrs:
+        return  # stores of spatialdata < 0.1 carry no version: the legacy container
     expected = LEGACY_CONTAINER_VERSION if legacy else CONTAINER_VERSION
     if not isinstance(sd_attrs, dict) or "version" not in sd_attrs:
-        if legacy and not sd_attrs:
-            sd_attrs = {"version": LEGACY_CONTAINER_VERSION}
-        else:
-            raise FormatError(
-                f"{loc.url}: the root group has no 'spatialdata_attrs' with a 'version'; "
-                "this is not a SpatialData store (or it was written by spatialdata < 0.2)"
-            )
+        raise FormatError(
+            f"{loc.url}: the root group ({meta_file}) has no 'spatialdata_attrs' with a "
+            "'version'; this is not a SpatialData store. Write it with spatialdata >= 0.2 or "
+            "spatialflow, or add spatialdata_attrs.version"
+        )
     if str(sd_attrs["version"]) != expected:
         raise FormatError(
-            f"{loc.url}: unknown SpatialData container version {sd_attrs['version']!r} for a zarr "
-            f"v{fmt} store (expected {expected!r})"
+            f"{loc.url}: unknown SpatialData container version {sd_attrs['version']!r} in "
+            f"{meta_file} (a zarr v{2 if legacy else 3} store must say {expected!r}); it was "
+            "written by a newer or a foreign library"
         )
-    with _Quiet():
+
+
+def read_spatialdata(loc: Location, legacy: bool = False) -> Dataset:
+    """Open a SpatialData store lazily (metadata only)."""
+    _container_version(loc, legacy)
+    with Quiet():
         try:
-            root = zarr.open_group(loc.zarr_store(read_only=True), mode="r", zarr_format=fmt)
+            root = zarr.open_group(
+                loc.zarr_store(read_only=True), mode="r", zarr_format=2 if legacy else 3
+            )
         except Exception as e:  # zarr raises many kinds here
             raise FormatError(f"{loc.url}: cannot open the zarr root group ({e})") from e
         ds = Dataset()
         for kind in KINDS:
-            if kind not in root:
-                continue
-            kind_group = root[kind]
-            for name in sorted(kind_group.group_keys()):
-                if name.startswith(_TMP_PREFIX):
-                    continue  # an unfinished write; never an element
-                path = f"{kind}/{name}"
+            for name, group in element_groups(root, kind, loc.url):
+                where = f"{loc.url}/{kind}/{name}"
+                el = _read_element(loc, kind, f"{kind}/{name}", group, legacy)
                 try:
-                    check_name(name, kind[:-1])
+                    getattr(ds, kind)[name] = el
                 except SpatialFlowError as e:
-                    raise FormatError(f"{loc.url}/{path}: {e}") from e
-                el = _read_element(loc, kind, path, kind_group[name], legacy)
-                getattr(ds, kind)[name] = el
+                    raise FormatError(f"{where}: {e}") from e
     return ds
+
+
+def element_groups(root: zarr.Group, kind: str, url: str) -> list[tuple[str, zarr.Group]]:
+    """(name, group) of every element of ``kind``; anything else there is a FormatError."""
+    if kind not in root:
+        return []
+    kind_group = root[kind]
+    where = f"{url}/{kind}"
+    if not isinstance(kind_group, zarr.Group):
+        raise FormatError(f"{where}: is an array, but must be a group holding {kind} elements")
+    arrays = sorted(kind_group.array_keys())
+    if arrays:
+        raise FormatError(
+            f"{where}/{arrays[0]}: an array where a {kind[:-1]} element (a group) must be; "
+            "remove it or move it out of the SpatialData store"
+        )
+    out = []
+    for name in sorted(kind_group.group_keys()):
+        if name.startswith(TMP_PREFIX):
+            continue  # an unfinished write; never an element
+        try:
+            check_name(name, kind[:-1])
+        except SpatialFlowError as e:
+            raise FormatError(f"{where}/{name}: {e}; rename the group") from e
+        out.append((name, kind_group[name]))
+    return out
 
 
 def _read_element(loc: Location, kind: str, path: str, group: zarr.Group, legacy: bool) -> Any:
@@ -138,71 +188,69 @@ def _read_element(loc: Location, kind: str, path: str, group: zarr.Group, legacy
         raise FormatError(f"{where}: {e}") from e
 
 
-def _transforms(entries: Any, where: str) -> dict[str, Transform]:
-    if entries is None:
-        raise FormatError(f"{where}: no coordinateTransformations")
-    if not isinstance(entries, list):
-        raise FormatError(f"{where}: coordinateTransformations must be a list")
-    out: dict[str, Transform] = {}
-    for entry in entries:
-        try:
-            cs, t = from_spatialdata_dict(entry)
-        except SpatialFlowError as e:
-            raise FormatError(f"{where}: {e}") from e
-        out[cs] = t
-    return out
+# --- rasters -----------------------------------------------------------------------------
+def _raster_ome(attrs: dict[str, Any], where: str, legacy: bool) -> dict[str, Any]:
+    """The OME metadata of a raster group, its version checked."""
+    if legacy:
+        ms = attrs.get("multiscales")
+        if not isinstance(ms, list) or not ms or not isinstance(ms[0], dict):
+            raise FormatError(f"{where}: not a raster element (no 'multiscales' attributes)")
+        version = ms[0].get("version")
+        if version not in LEGACY_RASTER_VERSIONS:
+            raise FormatError(
+                f"{where}: unknown OME-Zarr version {version!r} in a zarr v2 store "
+                f"(expected one of {list(LEGACY_RASTER_VERSIONS)})"
+            )
+        return attrs
+    ome = attrs.get("ome")
+    if not isinstance(ome, dict):
+        raise FormatError(f"{where}: not a raster element (no 'ome' attributes)")
+    if ome.get("version") != RASTER_OME_VERSION:
+        raise FormatError(
+            f"{where}: unknown OME-Zarr version {ome.get('version')!r} "
+            f"(spatialdata 0.8 writes and reads {RASTER_OME_VERSION!r})"
+        )
+    if not ome.get("multiscales"):
+        raise FormatError(f"{where}: not a raster element (no multiscales)")
+    return ome
 
 
 def read_raster_group(
     group: zarr.Group, kind: str, where: str, legacy: bool = False
 ) -> RasterElement:
-    attrs = group.attrs.asdict()
-    if legacy:
-        ome = attrs
-        version_holder = (attrs.get("multiscales") or [{}])[0]
-        expected = LEGACY_RASTER_VERSION
-    else:
-        ome = attrs.get("ome")
-        if not isinstance(ome, dict):
-            raise FormatError(f"{where}: not a raster element (no 'ome' attributes)")
-        version_holder = ome
-        expected = RASTER_OME_VERSION
-    version = version_holder.get("version")
-    if version != expected:
-        raise FormatError(f"{where}: unknown OME-Zarr version {version!r} (expected {expected!r})")
-    multiscales = ome.get("multiscales")
-    if not multiscales:
-        raise FormatError(f"{where}: not a raster element (no multiscales)")
-    ms = multiscales[0]
+    """An Image or Labels from its OME-Zarr multiscale group."""
+    ome = _raster_ome(group.attrs.asdict(), where, legacy)
+    ms = ome["multiscales"][0]
     try:
         dims = tuple(a["name"] if isinstance(a, dict) else a for a in ms["axes"])
         paths = [d["path"] for d in ms["datasets"]]
     except (KeyError, TypeError) as e:
-        raise FormatError(f"{where}: malformed multiscales metadata ({e})") from e
+        raise FormatError(f"{where}: malformed multiscales metadata (missing {e})") from e
     levels = {}
     for k, p in enumerate(paths):
-        if p not in group:
-            raise FormatError(f"{where}: scale array {p!r} is missing")
+        if p not in group or not isinstance(group[p], zarr.Array):
+            raise FormatError(f"{where}/{p}: the scale array is missing")
         arr = da.from_zarr(group[p])
         if arr.ndim != len(dims):
-            raise FormatError(f"{where}/{p}: {arr.ndim} dims but axes {dims}")
+            raise FormatError(f"{where}/{p}: {arr.ndim} dims but the axes are {dims}")
         levels[f"s{k}"] = xr.Dataset({"image": xr.DataArray(arr, dims=dims)})
     tree = xr.DataTree.from_dict(levels)
-    transforms = _transforms(ms.get("coordinateTransformations"), where)
-    if kind == "images":
-        channels = None
-        omero = ome.get("omero") or {}
-        if omero.get("channels"):
-            channels = [c.get("label", k) for k, c in enumerate(omero["channels"])]
-        return Image(tree, transforms=transforms, channel_names=channels)
-    return Labels(tree, transforms=transforms)
+    transforms = read_transforms(ms.get("coordinateTransformations"), where)
+    if kind == "labels":
+        return Labels(tree, transforms=transforms)
+    channels = None
+    omero = ome.get("omero") or {}
+    if omero.get("channels"):
+        channels = [c.get("label", k) for k, c in enumerate(omero["channels"])]
+    return Image(tree, transforms=transforms, channel_names=channels)
 
 
-def _parts(loc: Location, directory: str) -> list[str]:
+# --- points ------------------------------------------------------------------------------
+def _parts(loc: Location, directory: str, where: str) -> list[str]:
     try:
         files = [f for f in loc.fs.ls(directory, detail=False) if f.endswith(".parquet")]
     except FileNotFoundError as e:
-        raise FormatError(f"{directory}: the parquet directory is missing") from e
+        raise FormatError(f"{where}: the parquet directory {directory} is missing") from e
 
     def key(f: str) -> tuple[int, str]:
         m = re.search(r"(\d+)\.parquet$", f)
@@ -211,197 +259,323 @@ def _parts(loc: Location, directory: str) -> list[str]:
     return sorted(files, key=key)
 
 
+def _unreadable(path: str, e: Exception, fs: Any = None) -> FormatError:
+    if fs is not None and "memory" in _protocols(fs) and isinstance(e, FileNotFoundError):
+        return FormatError(
+            f"{path}: not found; memory:// stores exist in one process only, and this ran in "
+            "another (a distributed worker): compute with scheduler='threads'"
+        )
+    return FormatError(
+        f"{path}: unreadable parquet file ({type(e).__name__}: {e}); the file is damaged or "
+        "not parquet: restore it from a copy or rewrite the element"
+    )
+
+
+def _protocols(fs: Any) -> tuple[str, ...]:
+    p = fs.protocol
+    return (p,) if isinstance(p, str) else tuple(p)
+
+
 def _open_parquet(fs: Any, path: str) -> pq.ParquetFile:
     try:
         return pq.ParquetFile(fs.open(path, "rb"))
-    except (OSError, pa.ArrowInvalid) as e:
-        raise FormatError(f"{path}: unreadable parquet file ({e})") from e
+    except (OSError, pa.ArrowException, ValueError) as e:
+        raise _unreadable(path, e, fs) from e
 
 
-def _read_parquet_part(
-    fs: Any, path: str, categories: dict, columns: list[str] | None = None
-) -> pd.DataFrame:
-    """One parquet part as pandas (``columns``: Dask's column projection, pushed down)."""
-    if columns is not None:
-        columns = list(columns)
+def _read_table(fs: Any, path: str, columns: list[str] | None = None) -> pa.Table:
     try:
         with fs.open(path, "rb") as f:
-            table = pq.read_table(f, columns=columns)
-    except (OSError, pa.ArrowInvalid) as e:
-        raise FormatError(f"{path}: unreadable parquet file ({e})") from e
+            return pq.read_table(f, columns=columns)
+    except (OSError, pa.ArrowException, ValueError) as e:
+        raise _unreadable(path, e, fs) from e
+
+
+def _read_parquet_row_group(
+    fs: Any, path: str, rg: int, categories: dict, columns: list[str] | None = None
+) -> pd.DataFrame:
+    """Row group ``rg`` of a parquet part: one partition (so queries prune row groups)."""
+    if columns is not None:
+        columns = list(columns)
+    read_cols = columns
+    if columns is not None:
+        md = _open_parquet(fs, path).schema_arrow
+        if "__null_dask_index__" in md.names:
+            read_cols = [*columns, "__null_dask_index__"]
+    try:
+        with fs.open(path, "rb") as f:
+            table = pq.ParquetFile(f).read_row_group(rg, columns=read_cols)
+    except (OSError, pa.ArrowException, ValueError) as e:
+        raise _unreadable(f"{path} (row group {rg})", e, fs) from e
+    return _points_frame(table, categories, columns)
+
+
+def _row_groups(
+    fs: Any, files: list[str], axes: tuple[str, ...]
+) -> list[tuple[str, int, np.ndarray | None]]:
+    """(file, row group, bounds from the parquet statistics or None) of every row group."""
+    out: list[tuple[str, int, np.ndarray | None]] = []
+    for path in files:
+        md = _open_parquet(fs, path).metadata
+        names = [md.schema.column(i).name for i in range(md.num_columns)]
+        for rg in range(md.num_row_groups):
+            row_group = md.row_group(rg)
+            box: np.ndarray | None = np.full(2 * len(axes), np.nan)
+            if row_group.num_rows:
+                stats = [
+                    row_group.column(names.index(a)).statistics if a in names else None
+                    for a in axes
+                ]
+                if any(st is None or not st.has_min_max for st in stats):
+                    box = None
+                else:
+                    box = np.array(
+                        [float(st.min) for st in stats] + [float(st.max) for st in stats]
+                    )
+            out.append((path, rg, box))
+    if not out:  # an empty element: one empty partition
+        out.append((files[0], 0, np.full(2 * len(axes), np.nan)))
+    return out
+
+
+def _points_frame(
+    table: pa.Table, categories: dict, columns: list[str] | None = None
+) -> pd.DataFrame:
+    """A points parquet table as pandas: dask's index column restored, the dictionary columns
+    with the categories of the whole element."""
     df = table.to_pandas()
     if "__null_dask_index__" in df.columns:  # dask's name for an unnamed index
         df = df.set_index("__null_dask_index__")
     if df.index.name == "__null_dask_index__":
         df.index.name = None
     for col, cats in categories.items():
-        if col in df.columns:
+        if col not in df.columns:
+            continue
+        if isinstance(df[col].dtype, pd.CategoricalDtype):  # remap codes, no strings built
+            df[col] = df[col].cat.set_categories(cats)
+        else:
             df[col] = pd.Categorical(df[col].astype(object), categories=cats)
     return df if columns is None else df[columns]
 
 
+def _check_version(attrs: dict[str, Any], known: tuple[str, ...], what: str, where: str) -> str:
+    sd_attrs = attrs.get("spatialdata_attrs")
+    version = sd_attrs.get("version") if isinstance(sd_attrs, dict) else None
+    if str(version) not in known:
+        raise FormatError(
+            f"{where}: unknown {what} format version {version!r} in spatialdata_attrs "
+            f"(spatialdata 0.8 knows {list(known)})"
+        )
+    return str(version)
+
+
+def _check_encoding(attrs: dict[str, Any], expected: str, where: str) -> None:
+    if attrs.get("encoding-type") != expected:
+        raise FormatError(
+            f"{where}: not a {expected.removeprefix('ngff:')} element (encoding-type "
+            f"{attrs.get('encoding-type')!r}, expected {expected!r})"
+        )
+
+
 def _read_points(loc: Location, path: str, group: zarr.Group, where: str) -> Points:
     attrs = group.attrs.asdict()
-    if attrs.get("encoding-type") != "ngff:points":
-        raise FormatError(
-            f"{where}: not a points element (encoding-type {attrs.get('encoding-type')!r})"
-        )
-    sd_attrs = attrs.get("spatialdata_attrs", {})
-    if str(sd_attrs.get("version")) != POINTS_VERSION:
-        raise FormatError(f"{where}: unknown points format version {sd_attrs.get('version')!r}")
-    files = _parts(loc, loc.join(path, "points.parquet"))
+    _check_encoding(attrs, "ngff:points", where)
+    _check_version(attrs, KNOWN_POINTS_VERSIONS, "points", where)
+    sd_attrs = attrs["spatialdata_attrs"]
+    files = _parts(loc, loc.join(path, "points.parquet"), where)
     if not files:
         raise FormatError(f"{where}: points.parquet holds no parquet parts")
-    feature_key = sd_attrs.get("feature_key")
-    instance_key = sd_attrs.get("instance_key")
-    first = _open_parquet(loc.fs, files[0])
-    schema = first.schema_arrow
+    schema = _open_parquet(loc.fs, files[0]).schema_arrow
     dict_cols = [f.name for f in schema if pa.types.is_dictionary(f.type)]
     categories = _dictionary_values(loc.fs, files, dict_cols)
-    meta = _read_parquet_part(loc.fs, files[0], categories).iloc[:0]
+    meta = _points_frame(schema.empty_table(), categories)  # from the footer: no row read
     _check_point_columns(meta, where)
+    axes = ("x", "y", "z") if "z" in meta.columns else ("x", "y")
+    groups = _row_groups(loc.fs, files, axes)
     ddf = dd.from_map(
-        _read_parquet_part,
-        [loc.fs] * len(files),
-        files,
-        [categories] * len(files),
+        _read_parquet_row_group,
+        [loc.fs] * len(groups),
+        [f for f, _, _ in groups],
+        [rg for _, rg, _ in groups],
+        [categories] * len(groups),
         meta=meta,
         enforce_metadata=False,
         label="read-points-parquet",
     )
-    bounds = _parquet_bounds(loc.fs, files, ("x", "y", "z") if "z" in meta.columns else ("x", "y"))
+    bounds = [b for _, _, b in groups]
     return Points(
         ddf,
-        feature_key=feature_key,
-        instance_key=instance_key,
-        transforms=_transforms(attrs.get("coordinateTransformations"), where),
-        partition_bounds=bounds,
+        feature_key=sd_attrs.get("feature_key"),
+        instance_key=sd_attrs.get("instance_key"),
+        transforms=read_transforms(attrs.get("coordinateTransformations"), where),
+        partition_bounds=None if any(b is None for b in bounds) else np.vstack(bounds),
     )
 
 
 def _check_point_columns(meta: pd.DataFrame, where: str) -> None:
+    for col in ("x", "y"):
+        if col not in meta.columns:
+            raise FormatError(f"{where}: the parquet parts have no coordinate column {col!r}")
     for col in ("x", "y", "z"):
-        if col in meta.columns and not pd.api.types.is_numeric_dtype(meta[col].dtype):
+        dtype = meta[col].dtype if col in meta.columns else None
+        if dtype is not None and (
+            not pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype)
+        ):
             raise FormatError(
-                f"{where}: column {col!r} has dtype {meta[col].dtype}; coordinates must be numeric"
+                f"{where}: column {col!r} is stored as {dtype}; coordinates must be numbers "
+                "(rewrite the element with numeric x, y, z)"
             )
 
 
+def _part_dictionaries(fs: Any, path: str, columns: list[str]) -> dict[str, list]:
+    table = _read_table(fs, path, columns)
+    out = {}
+    for c in columns:
+        seen: dict[Any, None] = {}
+        for chunk in table.column(c).chunks:
+            seen.update(dict.fromkeys(chunk.dictionary.to_pylist()))
+        out[c] = list(seen)
+    return out
+
+
 def _dictionary_values(fs: Any, files: list[str], columns: list[str]) -> dict[str, list]:
+    """The categories of each dictionary column: the union over all parts, in order."""
     if not columns:
         return {}
-
-    def one(path: str) -> dict[str, list]:
-        with fs.open(path, "rb") as f:
-            table = pq.read_table(f, columns=columns)
-        out = {}
-        for c in columns:
-            seen: dict[Any, None] = {}
-            for chunk in table.column(c).chunks:
-                for v in chunk.dictionary.to_pylist():
-                    seen.setdefault(v, None)
-            out[c] = list(seen)
-        return out
-
+    tasks = [dask.delayed(_part_dictionaries)(fs, f, columns) for f in files]
     merged: dict[str, dict[Any, None]] = {c: {} for c in columns}
-    for part in dask.compute(*[dask.delayed(one)(f) for f in files], scheduler="threads"):
+    for part in dask.compute(*tasks, scheduler="threads"):
         for c, values in part.items():
-            for v in values:
-                merged[c].setdefault(v, None)
+            merged[c].update(dict.fromkeys(values))
     return {c: list(v) for c, v in merged.items()}
 
 
-def _parquet_bounds(fs: Any, files: list[str], axes: tuple[str, ...]) -> np.ndarray | None:
-    out = []
-    for path in files:
-        md = _open_parquet(fs, path).metadata
-        names = [md.schema.column(i).name for i in range(md.num_columns)]
-        lo = np.full(len(axes), np.inf)
-        hi = np.full(len(axes), -np.inf)
-        for rg in range(md.num_row_groups):
-            row_group = md.row_group(rg)
-            if row_group.num_rows == 0:
-                continue
-            for k, a in enumerate(axes):
-                if a not in names:
-                    return None
-                st = row_group.column(names.index(a)).statistics
-                if st is None or not st.has_min_max:
-                    return None
-                lo[k] = min(lo[k], float(st.min))
-                hi[k] = max(hi[k], float(st.max))
-        if not np.all(np.isfinite(lo)):
-            lo[:] = np.nan
-            hi[:] = np.nan
-        out.append(np.concatenate([lo, hi]))
-    return np.vstack(out)
+def _read_shapes_row_group(fs: Any, path: str, rg: int, offset: int, geo: dict) -> Any:
+    """Row group ``rg`` of a GeoParquet file (the first row is row ``offset`` of the file)."""
+    try:
+        with fs.open(path, "rb") as f:
+            pf = pq.ParquetFile(f)
+            table = pf.read_row_group(rg)
+    except (OSError, pa.ArrowException, ValueError) as e:
+        raise _unreadable(path, e, fs) from e
+    return _geopandas(table, geo, offset)
 
 
-def _read_shapes_row_group(fs: Any, path: str, rg: int, offset: int) -> Any:
-    import geopandas as gpd
-    import shapely
+def _geopandas(table: pa.Table, geo: dict, offset: int) -> Any:
+    """A GeoDataFrame as geopandas.read_parquet makes it (WKB or geoarrow geometry, the
+    index from the pandas metadata; a range index continued from row ``offset``)."""
+    from geopandas.io.arrow import _arrow_to_geopandas  # what geopandas.read_parquet uses
 
-    with fs.open(path, "rb") as f:
-        pf = pq.ParquetFile(f)
-        table = pf.read_row_group(rg)
-        pandas_meta = pf.schema_arrow.pandas_metadata or {}
-    geo = table.column("geometry").to_numpy(zero_copy_only=False)
-    df = table.drop(["geometry"]).to_pandas()
+    gdf = _arrow_to_geopandas(table, geo)
+    pandas_meta = table.schema.pandas_metadata or {}
     for ix in pandas_meta.get("index_columns", []):
         if isinstance(ix, dict) and ix.get("kind") == "range":
             step = int(ix.get("step", 1))
             start = int(ix.get("start", 0)) + offset * step
-            df.index = pd.RangeIndex(start, start + len(df) * step, step, name=ix.get("name"))
-    if df.index.name == "__index_level_0__":
-        df.index.name = None
-    return gpd.GeoDataFrame(df, geometry=shapely.from_wkb(geo), crs=None)
+            gdf.index = pd.RangeIndex(start, start + len(gdf) * step, step, name=ix.get("name"))
+    if gdf.index.name == "__index_level_0__":
+        gdf.index.name = None
+    return gdf
 
 
 def _read_shapes(loc: Location, path: str, group: zarr.Group, where: str) -> Shapes:
-    import json as _json
-
     attrs = group.attrs.asdict()
-    if attrs.get("encoding-type") != "ngff:shapes":
-        raise FormatError(
-            f"{where}: not a shapes element (encoding-type {attrs.get('encoding-type')!r})"
-        )
-    version = str(attrs.get("spatialdata_attrs", {}).get("version"))
-    if version not in ("0.2", SHAPES_VERSION):
-        raise FormatError(f"{where}: unknown shapes format version {version!r}")
+    _check_encoding(attrs, "ngff:shapes", where)
+    version = _check_version(attrs, KNOWN_SHAPES_VERSIONS, "shapes", where)
+    transforms = read_transforms(attrs.get("coordinateTransformations"), where)
+    if version == "0.1":
+        return Shapes(_read_shapes_v01(group, attrs, where), transforms=transforms)
     file = loc.join(path, "shapes.parquet")
     if not loc.fs.exists(file):
         raise FormatError(f"{where}: shapes.parquet is missing")
     pf = _open_parquet(loc.fs, file)
-    geo = _json.loads((pf.metadata.metadata or {}).get(b"geo", b"{}") or b"{}")
-    enc = geo.get("columns", {}).get("geometry", {}).get("encoding", "WKB")
-    if str(enc).upper() != "WKB":
-        raise FormatError(f"{where}: geometry encoding {enc!r} is not supported (only WKB)")
+    try:
+        geo = json.loads((pf.metadata.metadata or {}).get(b"geo", b"{}") or b"{}")
+        geo["columns"]["geometry"]["encoding"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise FormatError(
+            f"{file}: not GeoParquet (no valid 'geo' metadata with a 'geometry' column)"
+        ) from e
     sizes = [pf.metadata.row_group(i).num_rows for i in range(pf.metadata.num_row_groups)]
-    offsets = np.concatenate([[0], np.cumsum(sizes)])[:-1]
-    meta = _read_shapes_row_group(loc.fs, file, 0, 0).iloc[:0]
-    ddf = dd.from_map(
-        _read_shapes_row_group,
-        [loc.fs] * len(sizes),
-        [file] * len(sizes),
-        list(range(len(sizes))),
-        [int(o) for o in offsets],
-        meta=meta,
-        enforce_metadata=False,
-        label="read-shapes-parquet",
-    )
-    return Shapes(ddf, transforms=_transforms(attrs.get("coordinateTransformations"), where))
+    offsets = [int(o) for o in np.concatenate([[0], np.cumsum(sizes)])[:-1]]
+    meta = _geopandas(pf.schema_arrow.empty_table(), geo, 0)  # no row read
+    n = len(sizes)
+    with exact_dtypes():  # spatialdata reads shapes with geopandas: no string conversion
+        ddf = dd.from_map(
+            _read_shapes_row_group,
+            [loc.fs] * n,
+            [file] * n,
+            list(range(n)),
+            offsets,
+            [geo] * n,
+            meta=meta,
+            enforce_metadata=False,
+            label="read-shapes-parquet",
+        )
+    return Shapes(ddf, transforms=transforms, partition_bounds=_stored_bounds(attrs, n))
 
 
+def _stored_bounds(attrs: dict[str, Any], n: int) -> np.ndarray | None:
+    """Row-group bounds spatialflow stored with the element (None when absent or stale)."""
+    extra = attrs.get("spatialflow")
+    bounds = extra.get("row_group_bounds") if isinstance(extra, dict) else None
+    try:
+        b = np.asarray(bounds, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    return b if b.shape == (n, 4) else None
+
+
+def _read_shapes_v01(group: zarr.Group, attrs: dict[str, Any], where: str) -> Any:
+    """The legacy shapes format 0.1: ragged zarr arrays (coords, offset0.., Index, radius)."""
+    import dask_geopandas
+    import geopandas as gpd
+    import shapely
+
+    try:
+        kind = shapely.GeometryType(int(attrs["spatialdata_attrs"]["geos"]["type"]))
+        coords = group["coords"][...]
+        index = group["Index"][...]
+        keys = sorted((k for k in group.array_keys() if k.startswith("offset")), key=_suffix)
+        offsets = tuple(np.asarray(group[k][...]).ravel() for k in keys)
+        if kind == shapely.GeometryType.POINT:
+            geoms = shapely.from_ragged_array(kind, coords)
+            gdf = gpd.GeoDataFrame({"geometry": geoms, "radius": group["radius"][...]}, index=index)
+        else:
+            geoms = shapely.from_ragged_array(kind, coords, offsets)
+            gdf = gpd.GeoDataFrame({"geometry": geoms}, index=index)
+    except (KeyError, TypeError, ValueError) as e:
+        raise FormatError(f"{where}: malformed shapes (format 0.1): {e}") from e
+    with exact_dtypes():
+        return dask_geopandas.from_geopandas(gdf, npartitions=1, sort=False)
+
+
+def _suffix(key: str) -> int:
+    digits = "".join(ch for ch in key if ch.isdigit())
+    return int(digits) if digits else -1
+
+
+# --- tables ------------------------------------------------------------------------------
 def read_table_group(group: zarr.Group, where: str) -> Table:
+    """A Table from its AnnData group, with the spatialdata region links."""
     import anndata as ad
 
     attrs = group.attrs.asdict()
     if attrs.get("encoding-type") != "anndata":
-        raise FormatError(f"{where}: not a table (encoding-type {attrs.get('encoding-type')!r})")
+        raise FormatError(
+            f"{where}: not a table (encoding-type {attrs.get('encoding-type')!r}, expected "
+            "'anndata')"
+        )
+    version = attrs.get("version")
+    if version is not None and str(version) not in KNOWN_TABLE_VERSIONS:
+        raise FormatError(
+            f"{where}: unknown table format version {version!r} (spatialdata 0.8 knows "
+            f"{list(KNOWN_TABLE_VERSIONS)})"
+        )
     try:
         adata = ad.io.read_elem(group)
     except Exception as e:  # anndata raises assorted errors for broken encodings
-        raise FormatError(f"{where}: unreadable AnnData ({e})") from e
+        raise FormatError(f"{where}: unreadable AnnData ({type(e).__name__}: {e})") from e
     sd_attrs = adata.uns.get("spatialdata_attrs") or {}
     region = sd_attrs.get("region", attrs.get("region"))
     if isinstance(region, np.ndarray):
@@ -412,220 +586,3 @@ def read_table_group(group: zarr.Group, where: str) -> Table:
         region_key=sd_attrs.get("region_key", attrs.get("region_key")),
         instance_key=sd_attrs.get("instance_key", attrs.get("instance_key")),
     )
-
-
-# =========================================================================================
-# writing
-# =========================================================================================
-def write_spatialdata(ds: Dataset, loc: Location, overwrite: bool = False) -> None:
-    """Write ``ds`` in the SpatialData 0.8 layout (each element under a temporary name first)."""
-    if loc.exists() and loc.fs.ls(loc.path) and not overwrite:
-        raise FormatError(
-            f"{loc.url}: already exists and is not empty; pass overwrite=True or choose a new path"
-        )
-    with _Quiet():
-        store = loc.zarr_store()
-        root = zarr.open_group(store, mode="a", zarr_format=3)
-        if loc.exists("zarr.json"):
-            _drop_consolidated(loc)
-        root.attrs.update(
-            {
-                "spatialdata_attrs": {
-                    "version": CONTAINER_VERSION,
-                    "spatialdata_software_version": f"spatialflow-{_version()}",
-                }
-            }
-        )
-        for kind in KINDS:
-            elements = getattr(ds, kind)
-            if not len(elements):
-                continue
-            kind_group = root.require_group(kind)
-            for name, el in elements.items():
-                _write_element_atomically(loc, kind_group, kind, name, el)
-            if kind == "labels":
-                names = sorted(
-                    set(kind_group.attrs.get("ome", {}).get("labels", [])) | set(elements)
-                )
-                kind_group.attrs.update({"ome": {"labels": names}})
-        zarr.consolidate_metadata(store)
-
-
-def _version() -> str:
-    from spatialflow import __version__
-
-    return __version__
-
-
-def _drop_consolidated(loc: Location) -> None:
-    meta = loc.read_json("zarr.json")
-    if "consolidated_metadata" in meta:
-        meta.pop("consolidated_metadata")
-        import json
-
-        with loc.fs.open(loc.join("zarr.json"), "w") as f:
-            f.write(json.dumps(meta))
-
-
-def _write_element_atomically(
-    loc: Location, kind_group: zarr.Group, kind: str, name: str, el: Any
-) -> None:
-    tmp = f"{_TMP_PREFIX}{name}_{uuid.uuid4().hex[:8]}"
-    final = loc.join(kind, name)
-    tmp_path = loc.join(kind, tmp)
-    try:
-        group = kind_group.create_group(tmp)
-        if kind in ("images", "labels"):
-            pairs = create_raster_nodes(group, el, name)
-            da.store([s for s, _ in pairs], [t for _, t in pairs], lock=False)
-        elif kind == "points":
-            _write_points(loc, group, tmp_path, el)
-        elif kind == "shapes":
-            _write_shapes(loc, group, tmp_path, el)
-        else:
-            write_table(kind_group, tmp, el)
-    except BaseException:
-        with contextlib.suppress(Exception):
-            loc.fs.rm(tmp_path, recursive=True)
-        raise
-    if loc.fs.exists(final):
-        loc.fs.rm(final, recursive=True)
-    loc.fs.mv(tmp_path, final, recursive=True)
-
-
-def raster_attrs(el: RasterElement, name: str) -> dict[str, Any]:
-    """The group attributes spatialdata 0.8 writes for a raster element."""
-    dims = el.dims
-    datasets = []
-    for k in range(el.n_scales):
-        factors = [
-            1.0 if d == "c" else el.shape[i] / el.scale(k).shape[i] for i, d in enumerate(dims)
-        ]
-        datasets.append(
-            {
-                "path": f"s{k}",
-                "coordinateTransformations": [
-                    {"type": "scale", "scale": factors},
-                    {
-                        "type": "translation",
-                        "translation": [
-                            (f - 1) / 2 if d != "c" else 0.0
-                            for f, d in zip(factors, dims, strict=True)
-                        ],
-                    },
-                ],
-            }
-        )
-    ms: dict[str, Any] = {
-        "datasets": datasets,
-        "name": name,
-        "axes": [{"name": d, "type": "channel" if d == "c" else "space"} for d in dims],
-        "coordinateTransformations": [
-            to_spatialdata_dict(t, dims, cs) for cs, t in el.transforms.items()
-        ],
-    }
-    ome: dict[str, Any] = {"version": RASTER_OME_VERSION, "multiscales": [ms]}
-    if isinstance(el, Image):
-        ome["omero"] = {"channels": [{"label": _json_scalar(c)} for c in el.channel_names]}
-    else:
-        ome["image-label"] = {"version": "0.5"}
-    return {"ome": ome, "spatialdata_attrs": {"version": RASTER_ATTRS_VERSION}}
-
-
-def _json_scalar(v: Any) -> Any:
-    return v.item() if isinstance(v, np.generic) else v
-
-
-def regular_chunks(arr: da.Array) -> da.Array:
-    """``arr`` rechunked so every chunk but the last per dim has the first chunk's size (zarr
-    chunk grids are regular; writers must align to them)."""
-    target = tuple(c[0] for c in arr.chunks)
-    ok = all(all(x == c[0] for x in c[:-1]) and c[-1] <= c[0] for c in arr.chunks)
-    return arr if ok else arr.rechunk(target)
-
-
-def create_raster_nodes(
-    group: zarr.Group, el: RasterElement, name: str
-) -> list[tuple[da.Array, zarr.Array]]:
-    """Create the multiscale arrays and attrs in ``group``; return (source, target) pairs to
-    store (chunks aligned with the zarr chunks)."""
-    group.attrs.update(raster_attrs(el, name))
-    pairs = []
-    for k in range(el.n_scales):
-        src = regular_chunks(el.scale(k).data)
-        arr = group.create_array(
-            f"s{k}",
-            shape=src.shape,
-            chunks=tuple(c[0] for c in src.chunks),
-            dtype=src.dtype,
-            dimension_names=list(el.dims),
-            fill_value=0,
-        )
-        pairs.append((src, arr))
-    return pairs
-
-
-def _table_attrs(table: Table) -> dict[str, Any]:
-    attrs: dict[str, Any] = {
-        "spatialdata-encoding-type": "ngff:regions_table",
-        "version": TABLE_VERSION,
-    }
-    if table.region:
-        region = table.data.uns["spatialdata_attrs"]["region"]
-        attrs.update(
-            {"region": region, "region_key": table.region_key, "instance_key": table.instance_key}
-        )
-    return attrs
-
-
-def write_table(parent: zarr.Group, name: str, table: Table) -> None:
-    """Write a table (AnnData zarr encoding + spatialdata attrs) as ``parent[name]``."""
-    import anndata as ad
-
-    adata = table.data
-    if isinstance(adata.X, da.Array):  # a dask X written through a fork is silently lost
-        adata = adata.copy()
-        adata.X = adata.X.compute()
-    ad.io.write_elem(parent, name, adata)
-    parent[name].attrs.update(_table_attrs(table))
-
-
-def _points_attrs(el: Points) -> dict[str, Any]:
-    sd_attrs: dict[str, Any] = {"version": POINTS_VERSION}
-    if el.feature_key:
-        sd_attrs["feature_key"] = el.feature_key
-    if el.instance_key:
-        sd_attrs["instance_key"] = el.instance_key
-    return {
-        "encoding-type": "ngff:points",
-        "axes": list(el.axes),
-        "coordinateTransformations": [
-            to_spatialdata_dict(t, el.axes, cs) for cs, t in el.transforms.items()
-        ],
-        "spatialdata_attrs": sd_attrs,
-    }
-
-
-def _write_points(loc: Location, group: zarr.Group, path: str, el: Points) -> None:
-    group.attrs.update(_points_attrs(el))
-    target = f"{path}/points.parquet"
-    url = target if loc.is_local else f"{loc.protocol}://{target}"
-    el.data.to_parquet(url, storage_options=loc.storage_options or None, write_index=True)
-
-
-def _shapes_attrs(el: Shapes) -> dict[str, Any]:
-    return {
-        "encoding-type": "ngff:shapes",
-        "axes": ["x", "y"],
-        "coordinateTransformations": [
-            to_spatialdata_dict(t, ("x", "y"), cs) for cs, t in el.transforms.items()
-        ],
-        "spatialdata_attrs": {"version": SHAPES_VERSION},
-    }
-
-
-def _write_shapes(loc: Location, group: zarr.Group, path: str, el: Shapes) -> None:
-    group.attrs.update(_shapes_attrs(el))
-    gdf = el.data.compute()
-    with loc.fs.open(f"{path}/shapes.parquet", "wb") as f:
-        gdf.to_parquet(f, geometry_encoding="WKB")

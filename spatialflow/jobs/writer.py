@@ -1,17 +1,27 @@
 """Writing elements into an Icechunk repository: one writable session, one fork, one commit.
 
 The coordinator (this process) opens one writable session, creates every node whose shape it
-knows (raster arrays, element groups with their schema) and writes the tables (AnnData, small,
-in memory). It forks the session once and builds one Dask graph whose tasks each take that
-fork, write one raster chunk region or one points/shapes partition (io/native.py), and return
-the fork (plus the partition's rows and bounds). Forks are merged by a tree reduction inside
-the graph; the coordinator merges the result, records the partition tables and commits once.
+knows (raster arrays, element groups with their schema, an empty ``parts-<token>`` group per
+points/shapes element) and writes the tables (AnnData, small, in memory). It forks the session
+once and builds one Dask graph whose tasks each take that fork, write one raster chunk region
+or one points/shapes partition (io/native.py), and return the fork (plus the partition's rows
+and bounds). Forks are merged by a tree reduction inside the graph; the coordinator merges the
+result, records the partition tables and commits once.
 
 Known traps this avoids (FORMAT.md): ``da.store``/``to_zarr`` into a fork on a distributed
 cluster loses writes silently, so every writing task returns its fork; raster tasks write
-exactly one zarr chunk-aligned region; jobs never rewrite shared group attributes except the
-root's on the first commit. If any task fails, nothing is committed: the branch stays at its
-previous snapshot and readers see no trace.
+exactly one zarr chunk-aligned region; every array is written with ``write_empty_chunks`` so
+every chunk exists (the tests tell a complete write from a lossy one by that); jobs never
+rewrite shared group attributes except the root's on the first commit. One more, found here:
+Icechunk refuses to merge a fork that *creates* nodes at paths its base session *deleted*
+("Arrays were both deleted and modified"). Replacing an element deletes it in the coordinator,
+so partitions go to a fresh ``parts-<token>`` path, and a task that replaces a node of its own
+(e.g. a table written by a task) must delete it in that same task, not in the coordinator.
+If any task fails, nothing is committed: the branch stays at its previous snapshot and readers
+see no trace.
+
+Raster blocks are taken from the source graph unoptimized, so the scales of a pyramid (which
+derive from scale 0) share scale 0's blocks in the one graph instead of recomputing them.
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ from __future__ import annotations
 import itertools
 import logging
 import pickle
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +42,8 @@ from spatialflow.dataset import Dataset
 from spatialflow.elements import KINDS, Points, RasterElement, Shapes, Table
 from spatialflow.errors import CommitConflictError, FormatError
 from spatialflow.io.native import frame_schema, native_attrs, write_frame_partition
-from spatialflow.io.sdformat import CONTAINER_VERSION, create_raster_nodes, write_table
+from spatialflow.io.sdformat import CONTAINER_VERSION
+from spatialflow.io.sdwriter import WRITE_ALL_CHUNKS, create_raster_nodes, write_table
 
 __all__ = ["WritePlan", "commit_dataset", "plan_writes"]
 
@@ -44,7 +56,7 @@ class WritePlan:
     """The delayed work of one commit: write tasks and what to record after them."""
 
     tasks: list[Any] = field(default_factory=list)  # delayed -> (fork, [partition meta])
-    frames: list[tuple[str, int]] = field(default_factory=list)  # (path, n partitions)
+    frames: list[tuple[str, str, int]] = field(default_factory=list)  # path, parts, n
 
 
 def _own(fork: Any) -> Any:
@@ -58,16 +70,23 @@ def _write_region(
     fork: Any, path: str, block: np.ndarray, region: tuple[slice, ...]
 ) -> tuple[Any, list[dict]]:
     fork = _own(fork)
-    arr = zarr.open_array(fork.store, path=path, mode="r+", zarr_format=3)
+    arr = zarr.open_array(fork.store, path=path, mode="r+", zarr_format=3, config=WRITE_ALL_CHUNKS)
     arr[region] = block
     return fork, []
 
 
 def _write_partition(
-    fork: Any, path: str, k: int, df: Any, schema: dict, geometry: str | None, axes: tuple[str, ...]
+    fork: Any,
+    target: str,
+    path: str,
+    k: int,
+    df: Any,
+    schema: dict,
+    geometry: str | None,
+    axes: tuple[str, ...],
 ) -> tuple[Any, list[dict]]:
     fork = _own(fork)
-    meta = write_frame_partition(fork.store, path, k, df, schema, geometry, axes)
+    meta = write_frame_partition(fork.store, target, k, df, schema, geometry, axes)
     meta["path"] = path
     return fork, [meta]
 
@@ -91,10 +110,17 @@ def _tree_merge(tasks: list[Any]) -> Any:
     return dask.delayed(_merge)(level[0]) if level else None
 
 
-def plan_writes(session: Any, fork_holder: list[Any], ds: Dataset) -> WritePlan:
+def plan_writes(
+    session: Any,
+    fork_holder: list[Any],
+    ds: Dataset,
+    prepare: Callable[[zarr.Group], None] | None = None,
+) -> WritePlan:
     """Create nodes for every element of ``ds`` in ``session``; return the delayed writes.
 
-    ``fork_holder`` receives the one fork (created after all nodes exist)."""
+    ``prepare(root)`` may create or delete more nodes in the coordinator's session (after the
+    elements' nodes, before the fork). ``fork_holder`` receives the one fork (created after
+    all nodes exist)."""
     root = zarr.open_group(session.store, mode="a", zarr_format=3)
     if not root.attrs.get("spatialdata_attrs"):
         root.attrs.update(
@@ -120,7 +146,11 @@ def plan_writes(session: Any, fork_holder: list[Any], ds: Dataset) -> WritePlan:
                 write_table(kind_group, name, el)
             else:
                 group = kind_group.create_group(name)
-                pending.append(("frame", (path, el, _frame_group(group, el, path))))
+                parts = f"parts-{uuid.uuid4().hex[:12]}"  # new paths: see io/native.py
+                group.create_group(parts)
+                pending.append(("frame", (path, parts, el, _frame_group(group, el, path))))
+    if prepare is not None:
+        prepare(root)
     fork = session.fork()
     fork_holder.append(fork)
     plan = WritePlan()
@@ -130,12 +160,15 @@ def plan_writes(session: Any, fork_holder: list[Any], ds: Dataset) -> WritePlan:
             for k, (src, _) in enumerate(pairs):
                 plan.tasks.extend(_raster_tasks(fork, f"{path}/s{k}", src))
         else:
-            path, el, (schema, geometry) = payload
+            path, parts_group, el, (schema, geometry) = payload
             parts = el.data.to_delayed()
-            plan.frames.append((path, len(parts)))
+            plan.frames.append((path, parts_group, len(parts)))
+            target = f"{path}/{parts_group}"
             for k, part in enumerate(parts):
                 plan.tasks.append(
-                    dask.delayed(_write_partition)(fork, path, k, part, schema, geometry, el.axes)
+                    dask.delayed(_write_partition)(
+                        fork, target, path, k, part, schema, geometry, el.axes
+                    )
                 )
     return plan
 
@@ -161,7 +194,9 @@ def _frame_group(group: zarr.Group, el: Points | Shapes, path: str) -> tuple[dic
 
 
 def _raster_tasks(fork: Any, path: str, src: Any) -> list[Any]:
-    blocks = src.to_delayed()
+    # not optimized: keys stay those of the source graph, so the scales of a pyramid, which
+    # derive from scale 0, share its blocks in the one graph instead of recomputing them
+    blocks = src.to_delayed(optimize_graph=False)
     offsets = [np.concatenate([[0], np.cumsum(c)]) for c in src.chunks]
     tasks = []
     for idx in itertools.product(*[range(len(c)) for c in src.chunks]):
@@ -175,15 +210,33 @@ def _record_partitions(session: Any, plan: WritePlan, metas: list[dict]) -> None
     by_path: dict[str, list[dict]] = {}
     for m in metas:
         by_path.setdefault(m["path"], []).append(m)
-    for path, n in plan.frames:
+    for path, parts_group, n in plan.frames:
         got = sorted(by_path.get(path, []), key=lambda m: m["k"])
         if [m["k"] for m in got] != list(range(n)):
             raise FormatError(
                 f"{path}: {len(got)} of {n} partitions were written; nothing committed"
             )
-        root[path].attrs.update(
-            {"partitions": {"rows": [m["rows"] for m in got], "bounds": [m["bounds"] for m in got]}}
-        )
+        table = {
+            "group": parts_group,
+            "rows": [m["rows"] for m in got],
+            "bounds": [m["bounds"] for m in got],
+        }
+        root[path].attrs.update({"partitions": table})
+
+
+def _write_tables(session: Any, computed: dict[str, Any]) -> None:
+    """Write computed AnnData tables in the coordinator's session (small; replacing any old
+    table of that name: a node deleted in the session cannot be recreated through a fork)."""
+    if not computed:
+        return
+    from spatialflow.plan.lazy import finish_table
+
+    root = zarr.open_group(session.store, mode="a", zarr_format=3)
+    group = root.require_group("tables")
+    for name, adata in computed.items():
+        if name in group:
+            del group[name]
+        write_table(group, name, Table(finish_table(adata, f"table {name!r}")))
 
 
 def commit_dataset(
@@ -194,24 +247,42 @@ def commit_dataset(
     message: str,
     metadata: dict[str, Any] | None = None,
     extra_tasks: Callable[[Any], list[Any]] | None = None,
+    prepare: Callable[[zarr.Group], None] | None = None,
+    tables: dict[str, Any] | None = None,
 ) -> str:
     """Write every element of ``ds`` into ``branch`` of ``repo`` in one commit; its snapshot id.
 
     Runs on the active ``distributed`` client if there is one, else on Dask's default
-    scheduler. On any failure nothing is committed."""
+    scheduler. On any failure nothing is committed. ``tables`` maps names to delayed AnnData
+    objects computed in the same graph and written by the coordinator. ``prepare(root)`` runs in the
+    coordinator's session before the fork (e.g. to delete nodes that ``extra_tasks(fork)``, more
+    write tasks returning ``(fork, [])``, recreate)."""
     import icechunk
 
-    session = repo.writable_session(branch)
+    try:
+        session = repo.writable_session(branch)
+    except icechunk.IcechunkError as e:
+        raise FormatError(
+            f"no branch {branch!r} to commit to ({str(e).splitlines()[0]}); create it first "
+            "(repo.create_branch) or write to an existing branch"
+        ) from e
     holder: list[Any] = []
-    plan = plan_writes(session, holder, ds)
+    plan = plan_writes(session, holder, ds, prepare)
     tasks = list(plan.tasks)
     if extra_tasks is not None:
         tasks.extend(extra_tasks(holder[0]))
-    if tasks:
-        merged = _tree_merge(tasks)
-        fork, metas = dask.compute(merged)[0]
-        session.merge(fork)
-        _record_partitions(session, plan, metas)
+    lazy_tables = dict(tables or {})
+    if tasks or lazy_tables:
+        merged = _tree_merge(tasks) if tasks else None
+        fork_metas, computed = dask.compute(merged, lazy_tables)
+        if fork_metas is not None:
+            fork, metas = fork_metas
+            session.merge(fork)
+            _record_partitions(session, plan, metas)
+        _write_tables(session, computed)
+    if not session.has_uncommitted_changes:
+        log.info("nothing to commit on %r", branch)
+        return str(session.snapshot_id)
     try:
         return session.commit(
             message, metadata=metadata or {}, rebase_with=icechunk.ConflictDetector()
@@ -226,8 +297,14 @@ def commit_dataset(
 def write_repository(ds: Dataset, loc: Any, *, branch: str = "main", message: str) -> str:
     """Open (or create) the repository at ``loc`` and commit ``ds`` into ``branch``."""
     from spatialflow import __version__
+    from spatialflow.io.location import detect_layout
     from spatialflow.io.repository import open_repository
 
+    if loc.exists() and loc.fs.ls(loc.path) and detect_layout(loc) != "icechunk":
+        raise FormatError(
+            f"{loc.url}: holds a SpatialData store, not an Icechunk repository; write the "
+            "repository to a new path (or use format='spatialdata')"
+        )
     repo = open_repository(loc, create=True)
     return commit_dataset(
         repo,

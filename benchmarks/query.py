@@ -1,0 +1,122 @@
+"""Benchmark: a bounding box covering 1% of the tissue, spatialflow vs spatialdata 0.8.
+
+    uv run python benchmarks/query.py [--points 10_000_000] [--cells 100_000] [--scale 1]
+
+A synthetic dataset (transcripts and cells) is written once in the SpatialData 0.8 layout.
+Each engine then runs in a fresh process: open the store, run ``bounding_box_query`` for a box
+covering 1% of the area, and materialize the result (points to pandas, shapes to geopandas).
+Measured: the query's time, peak resident memory of the process tree, and bytes read from
+storage during the query (``rchar`` of /proc/self/io: bytes through read() calls, the same
+counter for both engines). A full scan of the points by spatialflow gives the reference for
+"bytes of a full scan". Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from aggregate import run_process
+
+RUNNER = r"""
+import json, sys, time, warnings
+warnings.filterwarnings("ignore")
+engine, store, out, box = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+
+def rchar():
+    for line in open("/proc/self/io"):
+        if line.startswith("rchar"):
+            return int(line.split()[1])
+
+if engine.startswith("spatialflow"):
+    import spatialflow as sf
+    ds = sf.read(store)
+    ds.points["transcripts"].data._meta  # metadata only
+    r0, t0 = rchar(), time.perf_counter()
+    if engine == "spatialflow-full-scan":
+        n_points = len(ds.points["transcripts"].data.compute()); n_shapes = 0
+    else:
+        q = sf.bounding_box_query(ds, axes=("x", "y"), min_coordinate=box[:2],
+                                  max_coordinate=box[2:], target_coordinate_system="global")
+        n_points = len(q.points["transcripts"].data.compute())
+        n_shapes = len(q.shapes["cells"].data.compute())
+else:
+    import spatialdata as sd
+    sdata = sd.read_zarr(store)
+    r0, t0 = rchar(), time.perf_counter()
+    q = sd.bounding_box_query(sdata, axes=("x", "y"), min_coordinate=box[:2],
+                              max_coordinate=box[2:], target_coordinate_system="global")
+    n_points = len(q["transcripts"].compute())
+    n_shapes = len(q["cells"])
+seconds = time.perf_counter() - t0
+json.dump({"seconds": seconds, "bytes_read": rchar() - r0, "points": n_points,
+           "shapes": n_shapes}, open(out, "w"))
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--points", type=lambda s: int(float(s.replace("_", ""))), default=10_000_000)
+    ap.add_argument("--cells", type=lambda s: int(float(s.replace("_", ""))), default=100_000)
+    ap.add_argument("--scale", type=float, default=1.0)
+    ap.add_argument("--workdir", default=None)
+    args = ap.parse_args()
+    n_points, n_cells = int(args.points * args.scale), int(args.cells * args.scale)
+
+    import spatialflow as sf
+    from spatialflow.datasets import XeniumLike
+
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="sf-bench-query-"))
+    store = workdir / "store.zarr"
+    layout = XeniumLike(n_points, n_cells)
+    t0 = time.perf_counter()
+    if not store.exists():
+        ds = layout.dataset()
+        sf.Dataset(
+            points={"transcripts": ds.points["transcripts"]}, shapes={"cells": ds.shapes["cells"]}
+        ).write(store)
+    setup = time.perf_counter() - t0
+    w, h = layout.width, layout.height
+    side_x, side_y = 0.1 * w, 0.1 * h  # 1% of the area
+    box = [0.45 * w, 0.45 * h, 0.45 * w + side_x, 0.45 * h + side_y]
+    out: dict = {
+        "benchmark": "bounding box query, 1% of the area",
+        "points": n_points,
+        "cells": n_cells,
+        "box": [round(v, 1) for v in box],
+        "setup_seconds": round(setup, 1),
+    }
+    runs = {}
+    for engine in ("spatialflow", "spatialdata", "spatialflow-full-scan"):
+        runs[engine] = run_process(
+            RUNNER,
+            [engine, str(store), str(workdir / f"{engine}.json"), json.dumps(box)],
+            workdir / f"{engine}.json",
+        )
+    for engine, res in runs.items():
+        out[engine] = (
+            res
+            if "error" in res
+            else {
+                "seconds": round(res["seconds"], 3),
+                "peak_rss_gb": round(res["peak_rss_gb"], 2),
+                "bytes_read": res["bytes_read"],
+                "points_returned": res["points"],
+                "shapes_returned": res["shapes"],
+            }
+        )
+    ours, theirs, full = runs["spatialflow"], runs["spatialdata"], runs["spatialflow-full-scan"]
+    if not any("error" in r for r in runs.values()):
+        out["speedup_vs_spatialdata"] = round(theirs["seconds"] / ours["seconds"], 1)
+        out["bytes_fraction_of_full_scan"] = round(ours["bytes_read"] / full["bytes_read"], 4)
+        out["same_points"] = ours["points"] == theirs["points"]
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,270 @@
+"""Job configuration: a YAML file validated field by field before any work starts.
+
+::
+
+    repository: ./results.icechunk          # the target Icechunk repository (created if missing)
+    inputs:
+      sample:                               # a name the steps refer to
+        url: ./sample.icechunk              # any store sf.read opens
+        branch: main                        # or snapshot: <id> (Icechunk inputs only)
+    steps:
+      - aggregate: {input: sample, values: transcripts, by: cells, value_key: gene,
+                    agg: count, output: transcripts_by_cells}
+      - query: {input: sample, element: transcripts, axes: [x, y], min: [0, 0],
+                max: [500, 500], coordinate_system: global, output: transcripts_roi}
+      - transform: {input: sample, element: cells, to: aligned, output: cells_aligned}
+    cluster:                                # optional; default: a local cluster
+      workers: 2
+      threads_per_worker: 1
+      memory_limit: 4GiB
+      # or: scheduler: tcp://host:8786
+    commit:
+      branch: main
+      message: nightly aggregation
+
+Every error is a :class:`~spatialflow.errors.ConfigError` naming the field
+(``steps[1].aggregate.agg``) and what is allowed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from spatialflow.elements.base import check_name
+from spatialflow.errors import ConfigError, SpatialFlowError
+
+__all__ = ["ClusterConfig", "JobConfig", "Step", "load_config", "parse_config"]
+
+STEP_FIELDS: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
+    # field: (types, required)
+    "aggregate": {
+        "input": (str, True),
+        "values": (str, True),
+        "by": (str, True),
+        "value_key": (str, False),
+        "agg": (str, False),
+        "fractions": (bool, False),
+        "coordinate_system": (str, False),
+        "output": (str, True),
+        "strategy": (str, False),
+    },
+    "query": {
+        "input": (str, True),
+        "element": (str, True),
+        "axes": (list, True),
+        "min": (list, True),
+        "max": (list, True),
+        "coordinate_system": (str, True),
+        "features": (list, False),
+        "output": (str, True),
+    },
+    "transform": {
+        "input": (str, True),
+        "element": (str, True),
+        "to": (str, True),
+        "output": (str, True),
+    },
+}
+AGGS = ("count", "sum", "mean", "min", "max")
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    url: str
+    branch: str = "main"
+    snapshot: str | None = None
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    scheduler: str | None = None
+    workers: int = 2
+    threads_per_worker: int = 1
+    memory_limit: str = "4GiB"
+    timeout: float = 20.0
+
+
+@dataclass(frozen=True)
+class Step:
+    kind: str
+    params: dict[str, Any]
+
+    @property
+    def output(self) -> str:
+        return str(self.params["output"])
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    repository: str
+    inputs: dict[str, InputConfig]
+    steps: list[Step]
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    branch: str = "main"
+    message: str = "spatialflow job"
+    source: dict[str, Any] = field(default_factory=dict)  # the parsed YAML, for the run key
+    base_dir: str = "."
+
+    def resolve(self, url: str) -> str:
+        """A relative local path is relative to the config file's folder."""
+        if "://" in url or Path(url).is_absolute():
+            return url
+        return str((Path(self.base_dir) / url).resolve())
+
+
+def _type_name(t: type | tuple[type, ...]) -> str:
+    if isinstance(t, tuple):
+        return " or ".join(x.__name__ for x in t)
+    return {
+        str: "a string",
+        bool: "true/false",
+        list: "a list",
+        int: "an integer",
+        dict: "a mapping",
+    }.get(t, t.__name__)
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+    return value
+
+
+def _unknown(d: dict[str, Any], allowed: set[str] | dict, where: str) -> None:
+    extra = sorted(set(d) - set(allowed))
+    if extra:
+        raise ConfigError(f"{where}: unknown field(s) {extra}; allowed: {sorted(allowed)}")
+
+
+def load_config(path: str | Path) -> JobConfig:
+    """Read and validate a YAML job config."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read the config file ({e})") from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML ({e})") from e
+    return parse_config(data, base_dir=str(p.parent.resolve()), where=str(p))
+
+
+def parse_config(data: Any, base_dir: str = ".", where: str = "config") -> JobConfig:
+    d = _mapping(data, where)
+    _unknown(d, {"repository", "inputs", "steps", "cluster", "commit"}, where)
+    for key in ("repository", "inputs", "steps"):
+        if key not in d:
+            raise ConfigError(f"{where}: missing required field {key!r}")
+    if not isinstance(d["repository"], str) or not d["repository"]:
+        raise ConfigError(f"{where}.repository: expected a path or URL string")
+    inputs = _inputs(_mapping(d["inputs"], f"{where}.inputs"), f"{where}.inputs")
+    steps = _steps(d["steps"], inputs, f"{where}.steps")
+    cluster = _cluster(d.get("cluster", {}) or {}, f"{where}.cluster")
+    commit = _mapping(d.get("commit", {}) or {}, f"{where}.commit")
+    _unknown(commit, {"branch", "message"}, f"{where}.commit")
+    branch = commit.get("branch", "main")
+    message = commit.get("message", "spatialflow job")
+    for key, val in (("branch", branch), ("message", message)):
+        if not isinstance(val, str) or not val:
+            raise ConfigError(f"{where}.commit.{key}: expected a non-empty string")
+    return JobConfig(d["repository"], inputs, steps, cluster, branch, message, d, base_dir)
+
+
+def _inputs(d: dict[str, Any], where: str) -> dict[str, InputConfig]:
+    if not d:
+        raise ConfigError(f"{where}: at least one input is required")
+    out = {}
+    for name, spec in d.items():
+        w = f"{where}.{name}"
+        if isinstance(spec, str):
+            spec = {"url": spec}
+        spec = _mapping(spec, w)
+        _unknown(spec, {"url", "branch", "snapshot"}, w)
+        if not isinstance(spec.get("url"), str) or not spec["url"]:
+            raise ConfigError(f"{w}.url: missing or not a string")
+        for key in ("branch", "snapshot"):
+            if key in spec and not isinstance(spec[key], str):
+                raise ConfigError(f"{w}.{key}: expected a string")
+        if "branch" in spec and "snapshot" in spec:
+            raise ConfigError(f"{w}: give branch or snapshot, not both")
+        out[str(name)] = InputConfig(spec["url"], spec.get("branch", "main"), spec.get("snapshot"))
+    return out
+
+
+def _steps(steps: Any, inputs: dict[str, InputConfig], where: str) -> list[Step]:
+    if not isinstance(steps, list) or not steps:
+        raise ConfigError(f"{where}: expected a non-empty list of steps")
+    out, outputs = [], set()
+    for i, raw in enumerate(steps):
+        w = f"{where}[{i}]"
+        raw = _mapping(raw, w)
+        if len(raw) != 1:
+            raise ConfigError(
+                f"{w}: each step is one mapping like {{aggregate: {{...}}}}; got keys {sorted(raw)}"
+            )
+        kind, params = next(iter(raw.items()))
+        if kind not in STEP_FIELDS:
+            raise ConfigError(f"{w}: unknown step {kind!r}; known: {sorted(STEP_FIELDS)}")
+        w = f"{w}.{kind}"
+        params = _mapping(params, w)
+        fields = STEP_FIELDS[kind]
+        _unknown(params, fields, w)
+        for key, (types, required) in fields.items():
+            if key not in params:
+                if required:
+                    raise ConfigError(f"{w}.{key}: missing required field")
+                continue
+            if not isinstance(params[key], types) or (
+                types is not bool and isinstance(params[key], bool)
+            ):
+                raise ConfigError(
+                    f"{w}.{key}: expected {_type_name(types)}, got "
+                    f"{type(params[key]).__name__} {params[key]!r}"
+                )
+        if params["input"] not in inputs:
+            raise ConfigError(
+                f"{w}.input: {params['input']!r} is not one of the inputs {sorted(inputs)}"
+            )
+        if kind == "aggregate" and params.get("agg", "count") not in AGGS:
+            raise ConfigError(f"{w}.agg: {params['agg']!r} is not one of {AGGS}")
+        if kind == "query":
+            for key in ("min", "max"):
+                if not all(
+                    isinstance(v, int | float) and not isinstance(v, bool) for v in params[key]
+                ):
+                    raise ConfigError(f"{w}.{key}: expected a list of numbers")
+        try:
+            check_name(params["output"], "output")
+        except SpatialFlowError as e:
+            raise ConfigError(f"{w}.output: {e}") from e
+        if params["output"].casefold() in outputs:
+            raise ConfigError(f"{w}.output: {params['output']!r} is produced twice")
+        outputs.add(params["output"].casefold())
+        out.append(Step(kind, dict(params)))
+    return out
+
+
+def _cluster(d: dict[str, Any], where: str) -> ClusterConfig:
+    d = _mapping(d, where)
+    _unknown(d, {"scheduler", "workers", "threads_per_worker", "memory_limit", "timeout"}, where)
+    if "scheduler" in d and not (isinstance(d["scheduler"], str) and "://" in d["scheduler"]):
+        raise ConfigError(f"{where}.scheduler: expected an address like tcp://host:8786")
+    for key in ("workers", "threads_per_worker"):
+        if key in d and (not isinstance(d[key], int) or isinstance(d[key], bool) or d[key] < 1):
+            raise ConfigError(f"{where}.{key}: expected a positive integer")
+    if "memory_limit" in d and not isinstance(d["memory_limit"], str | int):
+        raise ConfigError(f"{where}.memory_limit: expected a size like '4GiB'")
+    if "timeout" in d and (not isinstance(d["timeout"], int | float) or d["timeout"] <= 0):
+        raise ConfigError(f"{where}.timeout: expected a positive number of seconds")
+    return ClusterConfig(
+        d.get("scheduler"),
+        d.get("workers", 2),
+        d.get("threads_per_worker", 1),
+        str(d.get("memory_limit", "4GiB")),
+        float(d.get("timeout", 20.0)),
+    )

@@ -1,0 +1,279 @@
+"""Running a job: inputs -> plans -> one Dask graph -> one Icechunk commit, idempotently.
+
+The run key is a hash of the config (what is computed and where it goes, not the commit
+message), the input snapshot ids (for Icechunk inputs; for plain stores a hash of their root
+metadata) and the spatialflow version. A run whose key is already in the branch's history does
+nothing (unless forced). Otherwise every output's plan joins one graph that writes on the
+workers into one fork of one writable session; the session commits once, with the run key,
+inputs, config, versions and timings as metadata, and the commit is tagged
+``run/<date>-<key8>``. A conflicting concurrent commit is rebased when the changes are
+disjoint; otherwise :class:`~spatialflow.errors.CommitConflictError`, with nothing committed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from spatialflow.dataset import Dataset
+from spatialflow.errors import ConfigError, SpatialFlowError
+from spatialflow.jobs.config import ClusterConfig, JobConfig, Step
+
+__all__ = ["RunResult", "cluster", "find_run", "run_job", "run_key"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    status: str  # "committed" | "no-op" | "dry-run"
+    run_key: str
+    snapshot: str | None = None
+    tag: str | None = None
+    elements: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    explain: str = ""
+
+
+# --- inputs and the run key ------------------------------------------------------------------
+def _input_identity(url: str, branch: str, snapshot: str | None) -> str:
+    from spatialflow.io.location import detect_layout, location
+
+    loc = location(url)
+    if detect_layout(loc) == "icechunk":
+        from spatialflow.io.repository import open_repository
+
+        repo = open_repository(loc)
+        if snapshot is not None:
+            return snapshot
+        try:
+            return repo.lookup_branch(branch)
+        except Exception as e:  # icechunk raises its own error types
+            raise ConfigError(f"input {url}: no branch {branch!r} ({e})") from e
+    meta = loc.read_json("zarr.json") if loc.exists("zarr.json") else loc.read_json(".zattrs")
+    return "sha256:" + hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
+
+
+def run_key(config: JobConfig, input_ids: dict[str, str]) -> str:
+    from spatialflow import __version__
+
+    payload = {k: v for k, v in config.source.items() if k != "commit"}
+    payload["branch"] = config.branch
+    blob = json.dumps(
+        {"config": payload, "inputs": input_ids, "version": __version__},
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def find_run(repo: Any, branch: str, key: str) -> str | None:
+    """The snapshot id on ``branch`` whose commit carries run key ``key``, if any."""
+    try:
+        for snap in repo.ancestry(branch=branch):
+            if (snap.metadata or {}).get("run_key") == key:
+                return snap.id
+    except Exception:  # a new repository has an empty main branch
+        return None
+    return None
+
+
+# --- the cluster -----------------------------------------------------------------------------
+@contextlib.contextmanager
+def cluster(cfg: ClusterConfig, scheduler: str | None = None) -> Iterator[Any]:
+    """A distributed Client: to ``scheduler`` (or the config's) or on a new LocalCluster."""
+    from distributed import Client, LocalCluster
+
+    address = scheduler or cfg.scheduler
+    if address:
+        try:
+            client = Client(address, timeout=cfg.timeout)
+        except (OSError, TimeoutError) as e:
+            raise SpatialFlowError(
+                f"cannot reach the Dask scheduler at {address} within "
+                f"{cfg.timeout:g} s ({e}); check the address or start it "
+                "with 'dask scheduler'"
+            ) from e
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    with (
+        LocalCluster(
+            n_workers=cfg.workers,
+            threads_per_worker=cfg.threads_per_worker,
+            memory_limit=cfg.memory_limit,
+            processes=True,
+            dashboard_address=":0",
+        ) as lc,
+        Client(lc) as client,
+    ):
+        yield client
+
+
+# --- building the outputs ----------------------------------------------------------------------
+def _outputs(config: JobConfig, inputs: dict[str, Dataset]) -> tuple[Dataset, dict[str, Any]]:
+    """Elements (lazy) and lazy tables produced by the steps."""
+    import spatialflow as sf
+
+    elements = Dataset()
+    tables: dict[str, Any] = {}
+    for i, step in enumerate(config.steps):
+        ds = inputs[step.params["input"]]
+        where = f"steps[{i}].{step.kind}"
+        try:
+            _one(sf, step, ds, elements, tables)
+        except SpatialFlowError as e:
+            raise ConfigError(f"{where}: {e}") from e
+    return elements, tables
+
+
+def _one(sf: Any, step: Step, ds: Dataset, elements: Dataset, tables: dict[str, Any]) -> None:
+    p = step.params
+    if step.kind == "aggregate":
+        tables[step.output] = sf.aggregate(
+            ds,
+            p["values"],
+            p["by"],
+            value_key=p.get("value_key"),
+            agg=p.get("agg", "count"),
+            coordinate_system=p.get("coordinate_system", "global"),
+            fractions=p.get("fractions", False),
+            table_name=step.output,
+            strategy=p.get("strategy", "auto"),
+        )
+        return
+    if p["element"] not in ds:
+        raise ConfigError(
+            f"no element {p['element']!r} in the input; it has {[n for n, _ in ds.items()]}"
+        )
+    el = ds[p["element"]]
+    if step.kind == "query":
+        out = sf.bounding_box_query(
+            el,
+            axes=p["axes"],
+            min_coordinate=p["min"],
+            max_coordinate=p["max"],
+            target_coordinate_system=p["coordinate_system"],
+            features=p.get("features"),
+        )
+        if out is None:
+            raise ConfigError("the query selects nothing")
+    else:
+        out = sf.transform(el, p["to"])
+    getattr(elements, out.kind)[step.output] = out
+
+
+# --- running -----------------------------------------------------------------------------------
+def run_job(
+    config: JobConfig,
+    *,
+    scheduler: str | None = None,
+    branch: str | None = None,
+    dry_run: bool = False,
+    force: bool = False,
+    on_client: Callable[[Any], None] | None = None,
+) -> RunResult:
+    """Run ``config`` (see the module doc)."""
+    from spatialflow import __version__, read
+    from spatialflow.io.location import location
+    from spatialflow.io.repository import open_repository
+    from spatialflow.jobs.writer import commit_dataset
+
+    t0 = time.perf_counter()
+    if branch:
+        config = JobConfig(
+            config.repository,
+            config.inputs,
+            config.steps,
+            config.cluster,
+            branch,
+            config.message,
+            config.source,
+            config.base_dir,
+        )
+    ids, inputs = {}, {}
+    for name, spec in config.inputs.items():
+        url = config.resolve(spec.url)
+        try:
+            ids[name] = _input_identity(url, spec.branch, spec.snapshot)
+            inputs[name] = read(url, branch=spec.branch, snapshot=spec.snapshot)
+        except SpatialFlowError as e:
+            raise ConfigError(f"inputs.{name}: {e}") from e
+    key = run_key(config, ids)
+    elements, tables = _outputs(config, inputs)
+    names = [n for n, _ in elements.items()] + list(tables)
+    explain = "\n\n".join(
+        [f"# {n}\n{t.explain(print_=False)}" for n, t in tables.items()]
+        + [f"# {n}\n{el!r}" for n, el in elements.items()]
+    )
+    if dry_run:
+        return RunResult(
+            "dry-run", key, elements=names, explain=explain, seconds=time.perf_counter() - t0
+        )
+    repo = open_repository(location(config.resolve(config.repository)), create=True)
+    previous = find_run(repo, config.branch, key)
+    if previous is not None and not force:
+        return RunResult(
+            "no-op", key, snapshot=previous, elements=names, seconds=time.perf_counter() - t0
+        )
+    metadata = {
+        "run_key": key,
+        "inputs": ids,
+        "config": config.source,
+        "versions": _versions(__version__),
+        "outputs": names,
+        "started_at": _dt.datetime.now(_dt.UTC).isoformat(),
+    }
+
+    with cluster(config.cluster, scheduler) as client:
+        if on_client is not None:
+            on_client(client)
+        metadata["timings"] = {"prepare_seconds": round(time.perf_counter() - t0, 3)}
+        snap = commit_dataset(
+            repo,
+            elements,
+            branch=config.branch,
+            message=config.message,
+            metadata=metadata,
+            tables={n: t.to_delayed() for n, t in tables.items()},
+        )
+    tag = _tag(repo, key, snap)
+    return RunResult(
+        "committed",
+        key,
+        snapshot=snap,
+        tag=tag,
+        elements=names,
+        seconds=time.perf_counter() - t0,
+        explain=explain,
+    )
+
+
+def _versions(ours: str) -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"spatialflow": ours}
+    for pkg in ("dask", "distributed", "icechunk", "zarr", "anndata", "numpy"):
+        with contextlib.suppress(md.PackageNotFoundError):
+            out[pkg] = md.version(pkg)
+    return out
+
+
+def _tag(repo: Any, key: str, snapshot: str) -> str:
+    base = f"run/{_dt.date.today().isoformat()}-{key[:8]}"
+    existing = set(repo.list_tags())
+    name, n = base, 1
+    while name in existing:  # tags are immutable and never reusable (a forced rerun)
+        n += 1
+        name = f"{base}-{n}"
+    repo.create_tag(name, snapshot_id=snapshot)
+    return name
