@@ -305,12 +305,23 @@ class XeniumLike:
             geoms = shapely.intersection(mine, disks)
         else:
             geoms = disks
-        return gpd.GeoDataFrame({"geometry": geoms}, index=pd.Index(c.cell_id, name="cell_id"))
+        return self._z_ordered(c, geoms)
 
     def nuclei_polygons(self, t: int) -> gpd.GeoDataFrame:
         c = self.cells(self.tiles[t])
         geoms = shapely.buffer(shapely.points(c.x, c.y), c.r_nucleus, quad_segs=_QUAD_SEGS)
-        return gpd.GeoDataFrame({"geometry": geoms}, index=pd.Index(c.cell_id, name="cell_id"))
+        return self._z_ordered(c, geoms)
+
+    def _z_ordered(self, c: Cells, geoms: np.ndarray) -> gpd.GeoDataFrame:
+        """A tile's cells in Z-curve order of their grid position (ids keep their values), so
+        any run of rows, such as a parquet row group, covers a compact area."""
+        gx, gy = c.p % self.nx, c.p // self.nx
+        order = np.argsort(
+            morton_codes(gx - gx.min(initial=0), gy - gy.min(initial=0)), kind="stable"
+        )
+        return gpd.GeoDataFrame(
+            {"geometry": geoms[order]}, index=pd.Index(c.cell_id[order], name="cell_id")
+        )
 
     # --- transcripts -------------------------------------------------------------------
     def transcripts(self, t: int) -> pd.DataFrame:
@@ -467,11 +478,7 @@ class XeniumLike:
         ddf = dd.from_map(
             getattr(self, fn),
             list(range(len(self.tiles))),
-            meta=meta,
-            divisions=(
-                *tuple(int(v) for v in self.tile_cell_offsets[:-1]),
-                int(self.tile_cell_offsets[-1]) - 1,
-            ),
+            meta=meta,  # a tile's ids are contiguous but in Z-order: no known divisions
             enforce_metadata=False,
             label=f"xenium-{fn}",
         )

@@ -69,8 +69,8 @@ WRITE_ALL_CHUNKS = {"write_empty_chunks": True}  # every chunk exists, even all-
 # Row groups are the unit of reading (one partition each): small enough that a query reads
 # little beyond what it returns, large enough (~1 MB a column) for efficient I/O. Points are
 # written in their spatial (Z-curve) order, so a row group covers a compact area.
-POINTS_ROW_GROUP = 1 << 15
-SHAPES_ROW_GROUP = 10_000
+POINTS_ROW_GROUP = 1 << 14
+SHAPES_ROW_GROUP = 2_500
 
 
 def _check_target(loc: Location, overwrite: bool) -> str:
