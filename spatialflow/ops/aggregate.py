@@ -79,7 +79,7 @@ def aggregate(
     if strategy not in ("auto", "broadcast", "copartition"):
         raise PlanError(f"aggregate: unknown strategy {strategy!r}")
     spec, table_values = _spec(ds, values, v_el, value_key, agg, fractions)
-    v_node = _placed(ds, values, v_el, coordinate_system)
+    v_node = _placed(ds, values, v_el, coordinate_system, spec.value_key)
     b_node = _placed(ds, by, b_el, coordinate_system)
     plan = Aggregate(
         v_node,
@@ -107,14 +107,19 @@ def _element(ds: Dataset, name: Any, what: str) -> Any:
     return ds[name]
 
 
-def _placed(ds: Dataset, name: str, el: Any, cs: str) -> Any:
+def _placed(ds: Dataset, name: str, el: Any, cs: str, value_key: str | None = None) -> Any:
     try:
         t = get_transformation_between(ds, name, cs)
     except SpatialFlowError as e:
         raise PlanError(
             f"aggregate: no transformation from {name!r} to coordinate system {cs!r}: {e}"
         ) from e
-    read = Read(name, el)
+    columns = None
+    if isinstance(el, Points):  # read only what the join needs
+        columns = tuple(
+            dict.fromkeys(["x", "y", *([value_key] if value_key in el.data.columns else [])])
+        )
+    read = Read(name, el, columns=columns, coalesce=isinstance(el, Points))
     if isinstance(el, Image | Labels):
         return read  # rasters are placed through their transforms by the strategy
     return TransformNode(read, t, cs)

@@ -71,7 +71,44 @@ def _read(node: Read) -> Frame:
         )
     if node.columns is not None:
         data = data[list(node.columns)]
+    if node.bbox is None and node.coalesce:
+        data, bounds = _coalesce(data, bounds)
     return Frame(data, bounds, el, parts)
+
+
+def _coalesce(data: Any, bounds: np.ndarray | None) -> tuple[Any, np.ndarray | None]:
+    """Join runs of consecutive partitions (small units of reading, e.g. parquet row groups,
+    are too small as units of work): at most 64 per run, about 16 runs or more."""
+    n = int(data.npartitions)
+    size = int(np.clip(n // 16, 1, 64))
+    if size < 2:
+        return data, bounds
+    import dask
+    import dask.dataframe as dd
+
+    parts = data.to_delayed()
+    groups = [parts[i : i + size] for i in range(0, n, size)]
+    merged = dd.from_delayed(
+        [dask.delayed(_concat)(g) for g in groups], meta=data._meta, verify_meta=False
+    )
+    if bounds is None:
+        return merged, None
+    d = bounds.shape[1] // 2
+    out = []
+    for i in range(0, n, size):
+        b = bounds[i : i + size]
+        ok = ~np.isnan(b).any(axis=1)
+        out.append(
+            np.r_[b[ok, :d].min(axis=0), b[ok, d:].max(axis=0)]
+            if ok.any()
+            else np.full(2 * d, np.nan)
+        )
+    return merged, np.vstack(out)
+
+
+def _concat(frames: list[Any]) -> Any:
+    frames = [f for f in frames if len(f)] or frames[:1]
+    return frames[0] if len(frames) == 1 else pd.concat(frames)
 
 
 def _keep_features(df: pd.DataFrame, key: str, features: list) -> pd.DataFrame:

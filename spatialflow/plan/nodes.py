@@ -52,6 +52,7 @@ class Read(Node):
     bbox: tuple[float, float, float, float] | None = None
     features: tuple[Any, ...] | None = None
     columns: tuple[str, ...] | None = None
+    coalesce: bool = False  # join small consecutive partitions into larger units of work
 
     def partitions(self) -> list[int] | None:
         """Indices of the partitions to read (None: all, or not a partitioned element)."""

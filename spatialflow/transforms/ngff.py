@@ -207,7 +207,12 @@ def _parse(
     if kind == "mapAxis":
         spec = d.get("mapAxis")
         if isinstance(spec, Mapping):
-            return MapAxis.from_names({str(k): str(v) for k, v in spec.items()}, ia)
+            names = {str(k): str(v) for k, v in spec.items()}
+            # output axes the mapping does not name pass through (spatialdata's 3D case)
+            for a in oa or ia or ():
+                if a not in names and ia is not None and a in ia:
+                    names[a] = a
+            return MapAxis.from_names(names, ia)
         if spec is None:
             raise TransformError(f"{what}: missing field 'mapAxis'")
         spec = list(spec)
@@ -280,8 +285,14 @@ def _parse(
     if kind == "inverseOf":
         if "transformation" not in d:
             raise TransformError(f"{what}: needs 'transformation'")
+        # inside a sequence the output system may be unnamed: the inner transform then maps
+        # the same axes (an inverse exists only between systems of equal dimension)
         inner = from_ngff(
-            d["transformation"], coordinate_systems=cs, input_axes=oa, output_axes=ia, loader=loader
+            d["transformation"],
+            coordinate_systems=cs,
+            input_axes=oa if oa is not None else ia,
+            output_axes=ia if ia is not None else oa,
+            loader=loader,
         )
         return InverseOf(inner)
     if kind in ("displacements", "coordinates"):
