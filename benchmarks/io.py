@@ -26,18 +26,15 @@ default (threaded) scheduler with all cores. Prints one JSON line.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
-import psutil
+sys.path.insert(0, str(Path(__file__).parent))
+from aggregate import run_process
 
 RUNNER = r"""
 import json, sys, time, warnings
@@ -86,41 +83,12 @@ json.dump(extra, open(out, "w"))
 """
 
 
-def _tree_rss(proc: psutil.Process) -> int:
-    total = 0
-    for p in [proc, *proc.children(recursive=True)]:
-        with contextlib.suppress(psutil.Error):
-            total += p.memory_info().rss
-    return total
-
-
 def run_phase(phase: str, target: Path, args: argparse.Namespace, workdir: Path) -> dict:
     """Run one phase in a fresh interpreter; its result plus the peak RSS of its process tree."""
     out = workdir / f"{phase}.json"
     argv = [phase, str(target), str(args.n), str(args.m), str(args.genes), str(out)]
-    proc = subprocess.Popen(
-        [sys.executable, "-c", RUNNER, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    ps = psutil.Process(proc.pid)
-    peak = 0
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            with contextlib.suppress(psutil.Error):
-                peak = max(peak, _tree_rss(ps))
-            time.sleep(0.05)
-
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
-    _, stderr = proc.communicate()
-    done.set()
-    th.join()
-    if proc.returncode != 0:
-        return {"error": stderr.decode(errors="replace")[-2000:]}
-    res = json.loads(out.read_text())
-    res["peak_rss_gb"] = peak / 1e9
+    res = run_process(RUNNER, argv, out)
+    res.pop("wall_seconds", None)
     return res
 
 
