@@ -239,24 +239,28 @@ class XeniumLike:
             out[m] = self.tile_cell_offsets[t] + (gy[m] - iy0) * (ix1 - ix0) + (gx[m] - ix0)
         return out
 
+    def _halo(self, block: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Grid positions and centres of a block's cells plus _HALO rings of neighbours."""
+        ix0, ix1, iy0, iy1 = (int(v) for v in block)
+        grown = np.array(
+            [
+                max(0, ix0 - _HALO),
+                min(self.nx, ix1 + _HALO),
+                max(0, iy0 - _HALO),
+                min(self.ny, iy1 + _HALO),
+            ]
+        )
+        halo = self._grid(grown)
+        halo = halo[halo < self.n_cells]
+        hx, hy = self._centres(halo)
+        return halo, hx, hy
+
     def cells(self, block: np.ndarray) -> Cells:
         """All cells of a grid block, with the radii their neighbours allow."""
         p = self._grid(block)
         p = p[p < self.n_cells]
         x, y = self._centres(p)
-        ix0, ix1, iy0, iy1 = (int(v) for v in block)
-        halo = self._grid(
-            np.array(
-                [
-                    max(0, ix0 - _HALO),
-                    min(self.nx, ix1 + _HALO),
-                    max(0, iy0 - _HALO),
-                    min(self.ny, iy1 + _HALO),
-                ]
-            )
-        )
-        halo = halo[halo < self.n_cells]
-        hx, hy = self._centres(halo)
+        halo, hx, hy = self._halo(block)
         r_max = _RADIUS * self.cell_spacing
         if len(halo) > 1:
             d, _ = cKDTree(np.c_[hx, hy]).query(np.c_[x, y], k=2)
@@ -274,19 +278,7 @@ class XeniumLike:
         """The cells of tile ``t``: Voronoi regions clipped to a disk."""
         block = self.tiles[t]
         c = self.cells(block)
-        ix0, ix1, iy0, iy1 = (int(v) for v in block)
-        halo = self._grid(
-            np.array(
-                [
-                    max(0, ix0 - _HALO),
-                    min(self.nx, ix1 + _HALO),
-                    max(0, iy0 - _HALO),
-                    min(self.ny, iy1 + _HALO),
-                ]
-            )
-        )
-        halo = halo[halo < self.n_cells]
-        hx, hy = self._centres(halo)
+        halo, hx, hy = self._halo(block)
         r_max = _RADIUS * self.cell_spacing
         disks = shapely.buffer(shapely.points(c.x, c.y), r_max, quad_segs=_QUAD_SEGS)
         if len(halo) >= 3:

@@ -179,7 +179,7 @@ def _spec(
 
 
 def _table_column(ds: Dataset, name: str, key: str) -> pd.Series:
-    for tname, table in ds.tables_annotating(name).items():
+    for table in ds.tables_annotating(name).values():
         obs = table.data.obs
         if key in obs.columns:
             rows = obs[obs[table.region_key].astype(str) == name]
@@ -188,7 +188,6 @@ def _table_column(ds: Dataset, name: str, key: str) -> pd.Series:
             )
             if isinstance(rows[key].dtype, pd.CategoricalDtype):
                 series = series.astype(rows[key].dtype)
-            del tname
             return series
     raise PlanError(
         f"aggregate: value_key {key!r} is neither a column of {name!r} nor an obs "

@@ -188,14 +188,11 @@ def _combine(*parts: Any) -> Any:
     return out
 
 
-def _tree(items: list[Any]) -> Any:
+def _tree(items: list[Any], combine: Any = _combine) -> Any:
+    """Reduce delayed partial results with ``combine`` in a tree of fan-in FAN_IN."""
     while len(items) > 1:
-        items = [
-            dask.delayed(_combine)(*items[i : i + FAN_IN])
-            if len(items[i : i + FAN_IN]) > 1
-            else items[i]
-            for i in range(0, len(items), FAN_IN)
-        ]
+        groups = [items[i : i + FAN_IN] for i in range(0, len(items), FAN_IN)]
+        items = [dask.delayed(combine)(*g) if len(g) > 1 else g[0] for g in groups]
     return items[0]
 
 
@@ -216,9 +213,9 @@ def _finish(spec: Spec, partial: Any) -> sp.csr_matrix:
     return m
 
 
-def _pick(partial: dict[int, Any], k: int, spec: Spec, n: int) -> Any:
-    """The part of a task's result that belongs to by partition ``k``."""
-    return partial[k] if k in partial else _empty_partial(spec, n)
+def _pick(partial: dict[int, Any], k: int, empty: Any, *args: Any) -> Any:
+    """The part of a task's result that belongs to by partition ``k`` (else ``empty(*args)``)."""
+    return partial[k] if k in partial else empty(*args)
 
 
 # =========================================================================================
@@ -448,7 +445,7 @@ def _lower_frames(node: Aggregate, spec: Spec) -> AggregateGraph:
         partial, n_nan = task
         nan_counts.append(n_nan)
         for k in ks:
-            per_k[k].append(dask.delayed(_pick)(partial, k, spec, metas[k][1]))
+            per_k[k].append(dask.delayed(_pick)(partial, k, _empty_partial, spec, metas[k][1]))
     blocks = []
     for k in range(by.npartitions):
         items = per_k[k] or [dask.delayed(_empty_partial)(spec, metas[k][1])]
@@ -535,7 +532,7 @@ def _assemble_lookup(
     if spec.kind == "numeric" and spec.agg in ("min", "max", "mean"):
         col = {"mean": agg["sum"] / agg["count"], "min": agg["min"], "max": agg["max"]}[spec.agg]
         vals = col.to_numpy(dtype=np.float64)
-    elif (spec.agg == "count" and spec.kind != "numeric") or spec.agg == "count":
+    elif spec.agg == "count":
         vals = agg["count"].to_numpy(dtype=np.int64)
     else:
         vals = agg["sum"].to_numpy(dtype=np.float64)
@@ -575,7 +572,7 @@ def _lower_points_by_labels(node: Aggregate, spec: Spec) -> AggregateGraph:
         )
         tasks.append(agg)
         nans.append(n_nan)
-    ids = _tree_union([dask.delayed(_unique_ids)(b) for b in arr.to_delayed().ravel()])
+    ids = _tree([dask.delayed(_unique_ids)(b) for b in arr.to_delayed().ravel()], _union)
     empty = dask.delayed(pd.DataFrame)(
         {
             "id": [],
@@ -585,20 +582,10 @@ def _lower_points_by_labels(node: Aggregate, spec: Spec) -> AggregateGraph:
             **({"min": [], "max": []} if spec.kind == "numeric" else {}),
         }
     )
-    combined = _tree_with(tasks or [empty], _combine_lookup)
+    combined = _tree(tasks or [empty], _combine_lookup)
     result = dask.delayed(_assemble_lookup)(spec, node.by_name, ids, combined, nans)
     n = source_read(node.values).element.npartitions  # type: ignore[attr-defined]
     return AggregateGraph(result, node.strategy, (values.npartitions, n), (1, 1), len(tasks))
-
-
-def _tree_with(items: list[Any], fn: Any) -> Any:
-    while len(items) > 1:
-        items = [dask.delayed(fn)(*items[i : i + FAN_IN]) for i in range(0, len(items), FAN_IN)]
-    return items[0]
-
-
-def _tree_union(items: list[Any]) -> Any:
-    return _tree_with(items, _union) if len(items) > 1 else dask.delayed(_union)(*items)
 
 
 # --- image by labels ---------------------------------------------------------------------
@@ -663,7 +650,7 @@ def _lower_image_by_labels(node: Aggregate, spec: Spec) -> AggregateGraph:
         dask.delayed(_zonal_block)(lab_blocks[idx], img_blocks[(0, *idx)])
         for idx in itertools.product(*[range(len(c)) for c in lab.chunks])
     ]
-    stats = _tree_with(parts, _combine_zonal)
+    stats = _tree(parts, _combine_zonal)
     channels = [str(c) for c in image.channel_names]
     result = dask.delayed(_assemble_zonal)(stats, channels, spec.agg, node.by_name)
     return AggregateGraph(result, node.strategy, (len(parts), len(parts)), (1, 1), len(parts))
@@ -709,19 +696,6 @@ def _empty_pixels(c: int, n: int) -> dict[str, np.ndarray]:
         "count": np.zeros(n, np.int64),
         "min": np.full((c, n), np.inf),
         "max": np.full((c, n), -np.inf),
-    }
-
-
-def _pick_pixels(partial: dict[int, Any], k: int, c: int, n: int) -> dict[str, np.ndarray]:
-    return partial[k] if k in partial else _empty_pixels(c, n)
-
-
-def _combine_pixels(*parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {
-        "sum": sum(p["sum"] for p in parts),
-        "count": sum(p["count"] for p in parts),
-        "min": np.minimum.reduce([p["min"] for p in parts]),
-        "max": np.maximum.reduce([p["max"] for p in parts]),
     }
 
 
@@ -789,11 +763,11 @@ def _lower_image_by_shapes(node: Aggregate, spec: Spec) -> AggregateGraph:
             blocks[0, bi, bj], (i0, j0), m, [preps[k] for k in ks]
         )
         for k in ks:
-            per_k[k].append(dask.delayed(_pick_pixels)(partial, k, c, metas[k][1]))
+            per_k[k].append(dask.delayed(_pick)(partial, k, _empty_pixels, c, metas[k][1]))
     done = []
     for k in range(by.npartitions):
         items = per_k[k] or [dask.delayed(_empty_pixels)(c, metas[k][1])]
-        done.append(_tree_with(items, _combine_pixels))
+        done.append(_tree(items))
     channels = [str(ch) for ch in image.channel_names]
     result = dask.delayed(_assemble_pixels)(
         spec.agg, channels, node.by_name, by.element.data._meta.index.dtype, metas, done

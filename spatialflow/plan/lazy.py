@@ -30,12 +30,15 @@ class LazyTable:
         self.plan = plan
         self.spec = spec
         self.table_name = table_name
+        self._optimized: Aggregate | None = None
         self._lowered: AggregateGraph | None = None
 
     def optimized(self) -> Aggregate:
-        out = optimize(self.plan)
-        assert isinstance(out, Aggregate)
-        return out
+        if self._optimized is None:
+            out = optimize(self.plan)
+            assert isinstance(out, Aggregate)
+            self._optimized = out
+        return self._optimized
 
     def lower(self) -> AggregateGraph:
         if self._lowered is None:
