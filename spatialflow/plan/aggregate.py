@@ -46,6 +46,7 @@ from spatialflow.plan.nodes import Aggregate
 from spatialflow.plan.optimizer import source_read
 from spatialflow.transforms import Sequence as Chain
 from spatialflow.transforms import Transform
+from spatialflow.transforms.apply import resample
 
 __all__ = ["AggregateGraph", "lower_aggregate"]
 
@@ -593,8 +594,6 @@ def _image_on_grid(
     node: Aggregate, image: Image, grid_shape: tuple[int, ...], grid_to_cs: Transform
 ) -> Any:
     """The image's s0 pixels on another raster's grid (the same array when the grids agree)."""
-    from spatialflow.ops.transform import _resample
-
     src = image.scale(0)
     t_img = image.transforms.get(node.coordinate_system)
     if t_img is None:
@@ -605,7 +604,7 @@ def _image_on_grid(
     if same_shape and np.allclose(m, np.eye(len(axes) + 1), atol=1e-9):
         return src.data
     chunk = 1024
-    return _resample(src, axes, m, tuple(grid_shape), chunk, order=1)
+    return resample(src, axes, m, tuple(grid_shape), chunk, order=1)
 
 
 def _zonal_block(lab: np.ndarray, img: np.ndarray) -> ZonalStats:

@@ -16,8 +16,8 @@ import pandas as pd
 
 from spatialflow.elements import Points, Shapes
 from spatialflow.errors import PlanError
-from spatialflow.ops.transform import _box_image, transform_points_frame, transform_shapes_frame
 from spatialflow.plan.nodes import Node, Query, Read, TransformNode
+from spatialflow.transforms.apply import box_image, transform_points_frame, transform_shapes_frame
 
 __all__ = ["Frame", "lower_frame"]
 
@@ -130,7 +130,7 @@ def _transform(f: Frame, node: TransformNode) -> Frame:
     bounds = (
         None
         if f.bounds is None
-        else (np.vstack([_box_image(t, b, axes) for b in f.bounds]) if len(f.bounds) else f.bounds)
+        else (np.vstack([box_image(t, b, axes) for b in f.bounds]) if len(f.bounds) else f.bounds)
     )
     return Frame(data, bounds, f.element, f.source_partitions)
 
