@@ -56,7 +56,7 @@ def digest(df, feature):
 # imports are not what is measured: load up front what either engine loads lazily
 import anndata, dask.dataframe, distributed, geopandas, icechunk, xarray, zarr
 import spatialflow as sf
-import spatialflow.io.repository, spatialflow.io.sdwriter, spatialflow.jobs.writer
+import spatialflow.io.repository, spatialflow.io.sdwriter, spatialflow.io.icechunk_writer
 if phase.startswith("spatialdata"):
     import spatialdata as sd
 t0 = time.perf_counter()

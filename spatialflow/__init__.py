@@ -8,13 +8,9 @@ fast while ``sf.Dataset``, ``sf.read`` ... work as usual.
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-try:
-    __version__ = version("spatialflow")
-except PackageNotFoundError:  # pragma: no cover - a source tree without install
-    __version__ = "0+unknown"
+from spatialflow._version import __version__ as __version__
 
 _EXPORTS: dict[str, str] = {
     # errors
@@ -84,12 +80,12 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and IDEs
     from spatialflow import datasets as datasets
     from spatialflow.dataset import Dataset as Dataset
-    from spatialflow.elements import Element as Element
-    from spatialflow.elements import Image as Image
-    from spatialflow.elements import Labels as Labels
-    from spatialflow.elements import Points as Points
-    from spatialflow.elements import Shapes as Shapes
-    from spatialflow.elements import Table as Table
+    from spatialflow.elements.base import Element as Element
+    from spatialflow.elements.points import Points as Points
+    from spatialflow.elements.raster import Image as Image
+    from spatialflow.elements.raster import Labels as Labels
+    from spatialflow.elements.shapes import Shapes as Shapes
+    from spatialflow.elements.table import Table as Table
     from spatialflow.errors import CommitConflictError as CommitConflictError
     from spatialflow.errors import ConfigError as ConfigError
     from spatialflow.errors import FormatError as FormatError
@@ -104,18 +100,18 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from spatialflow.ops.query import bounding_box_query as bounding_box_query
     from spatialflow.ops.query import polygon_query as polygon_query
     from spatialflow.ops.transform import transform as transform
-    from spatialflow.transforms import Affine as Affine
-    from spatialflow.transforms import Bijection as Bijection
-    from spatialflow.transforms import ByDimension as ByDimension
-    from spatialflow.transforms import Identity as Identity
-    from spatialflow.transforms import InverseOf as InverseOf
-    from spatialflow.transforms import MapAxis as MapAxis
-    from spatialflow.transforms import Rotation as Rotation
-    from spatialflow.transforms import Scale as Scale
-    from spatialflow.transforms import Sequence as Sequence
-    from spatialflow.transforms import Transform as Transform
-    from spatialflow.transforms import Translation as Translation
     from spatialflow.transforms import align_landmarks as align_landmarks
     from spatialflow.transforms import get_transformation as get_transformation
     from spatialflow.transforms import get_transformation_between as get_transformation_between
     from spatialflow.transforms import set_transformation as set_transformation
+    from spatialflow.transforms.base import Affine as Affine
+    from spatialflow.transforms.base import Identity as Identity
+    from spatialflow.transforms.base import MapAxis as MapAxis
+    from spatialflow.transforms.base import Rotation as Rotation
+    from spatialflow.transforms.base import Scale as Scale
+    from spatialflow.transforms.base import Transform as Transform
+    from spatialflow.transforms.base import Translation as Translation
+    from spatialflow.transforms.composite import Bijection as Bijection
+    from spatialflow.transforms.composite import ByDimension as ByDimension
+    from spatialflow.transforms.composite import InverseOf as InverseOf
+    from spatialflow.transforms.composite import Sequence as Sequence

@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from spatialflow import __version__
+from spatialflow._version import __version__
 from spatialflow.errors import SpatialFlowError
 
 log = logging.getLogger("spatialflow")
@@ -178,10 +178,10 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    import spatialflow as sf
+    from spatialflow.io import read
 
     t0 = time.perf_counter()
-    ds = sf.read(
+    ds = read(
         args.src,
         branch=args.branch,
         snapshot=args.snapshot,

@@ -12,12 +12,16 @@ import html
 from collections.abc import Iterator, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
-from spatialflow.elements import KINDS, Element, Table, check_name
+from spatialflow.elements import KINDS
+from spatialflow.elements.base import Element, check_name
+from spatialflow.elements.table import Table
 from spatialflow.errors import ValidationError
-from spatialflow.transforms import TransformGraph
+from spatialflow.transforms.graph import TransformGraph
 
 if TYPE_CHECKING:
-    from spatialflow.elements import Image, Labels, Points, Shapes
+    from spatialflow.elements.points import Points
+    from spatialflow.elements.raster import Image, Labels
+    from spatialflow.elements.shapes import Shapes
 
 __all__ = ["Dataset"]
 
@@ -180,21 +184,17 @@ class Dataset:
         if there is one) into one fork and committed once on ``branch`` with ``message``;
         elements of the same name are replaced, others kept. If any task fails nothing is
         committed. Returns the new snapshot id (None for the SpatialData layout)."""
-        from spatialflow.io.location import location
+        from spatialflow.io import write
 
-        loc = location(url, storage_options)
-        if format == "spatialdata":
-            from spatialflow.io.sdwriter import write_spatialdata
-
-            write_spatialdata(self, loc, overwrite=overwrite)
-            return None
-        if format == "icechunk":
-            from spatialflow.jobs.writer import write_repository
-
-            return write_repository(
-                self, loc, branch=branch, message=message or f"write {len(self)} elements"
-            )
-        raise ValidationError(f"unknown format {format!r}; use 'spatialdata' or 'icechunk'")
+        return write(
+            self,
+            url,
+            format=format,
+            message=message,
+            branch=branch,
+            overwrite=overwrite,
+            storage_options=storage_options,
+        )
 
     def to_spatialdata(self) -> Any:
         """The equivalent ``spatialdata.SpatialData`` (needs spatialdata installed)."""

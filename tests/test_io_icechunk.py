@@ -163,7 +163,7 @@ def test_failed_first_write_leaves_an_empty_history(cluster_client, tmp_path):
 def test_unfinished_native_element_is_refused(icechunk_repo):
     """A points group without its partition table (a write that never finished) is not read
     as an element with missing rows."""
-    from spatialflow.jobs.writer import plan_writes
+    from spatialflow.io.icechunk_writer import plan_writes
 
     pts = sf.Points(pd.DataFrame({"x": [1.0], "y": [2.0]}))
     session = icechunk_repo.writable_session("main")

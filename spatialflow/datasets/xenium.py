@@ -45,11 +45,14 @@ import shapely
 from scipy.spatial import cKDTree
 
 from spatialflow.dataset import Dataset
-from spatialflow.elements import Image, Labels, Points, Shapes, Table
+from spatialflow.elements.points import Points
+from spatialflow.elements.raster import Image, Labels
+from spatialflow.elements.shapes import Shapes
+from spatialflow.elements.table import Table
 from spatialflow.errors import ValidationError
 from spatialflow.kernels.rasterize import rasterize_disks
 from spatialflow.kernels.spatial import morton_codes
-from spatialflow.transforms import Identity, Scale
+from spatialflow.transforms.base import Identity, Scale
 
 __all__ = ["CELL_TYPES", "XeniumLike", "xenium_like"]
 

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from spatialflow.errors import ValidationError
-from spatialflow.transforms import Identity, Transform
+from spatialflow.transforms.base import Identity, Transform
 
 __all__ = ["Element", "check_name"]
 

@@ -19,7 +19,7 @@ import pandas as pd
 
 from spatialflow.elements.base import Element
 from spatialflow.kernels.spatial import block_bounds, spatial_order
-from spatialflow.transforms import Transform
+from spatialflow.transforms.base import Transform
 
 __all__ = ["PartitionedElement", "split_frame"]
 

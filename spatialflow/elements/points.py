@@ -20,7 +20,7 @@ from spatialflow.elements.partitioned import (
     PartitionedElement,
     split_frame,
 )
-from spatialflow.transforms import Transform
+from spatialflow.transforms.base import Transform
 
 __all__ = ["Points"]
 

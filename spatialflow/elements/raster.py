@@ -18,7 +18,7 @@ import numpy as np
 import xarray as xr
 
 from spatialflow.elements.base import Element
-from spatialflow.transforms import Scale, Transform
+from spatialflow.transforms.base import Scale, Transform
 
 __all__ = ["Image", "Labels", "RasterElement"]
 

@@ -22,7 +22,7 @@ from spatialflow.elements.partitioned import (
     PartitionedElement,
     split_frame,
 )
-from spatialflow.transforms import Transform
+from spatialflow.transforms.base import Transform
 
 __all__ = ["Shapes"]
 

@@ -29,11 +29,14 @@ import numpy as np
 import pandas as pd
 
 from spatialflow.dataset import Dataset
-from spatialflow.elements import Image, Labels, Points, RasterElement, Shapes, Table
+from spatialflow.elements.points import Points
+from spatialflow.elements.raster import Image, Labels, RasterElement
+from spatialflow.elements.shapes import Shapes
+from spatialflow.elements.table import Table
 from spatialflow.errors import SpatialFlowError
 from spatialflow.io.native import exact_dtypes
 from spatialflow.io.sdtransforms import read_transform, write_transform
-from spatialflow.transforms import Transform
+from spatialflow.transforms.base import Transform
 
 __all__ = ["from_spatialdata", "to_spatialdata"]
 

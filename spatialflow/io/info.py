@@ -15,7 +15,11 @@ import pyarrow.parquet as pq
 import zarr
 
 from spatialflow.dataset import Dataset
-from spatialflow.elements import KINDS, Points, RasterElement, Shapes, Table
+from spatialflow.elements import KINDS
+from spatialflow.elements.points import Points
+from spatialflow.elements.raster import RasterElement
+from spatialflow.elements.shapes import Shapes
+from spatialflow.elements.table import Table
 from spatialflow.errors import FormatError
 from spatialflow.io.location import Location, detect_layout, location
 

@@ -47,7 +47,7 @@ import zarr
 
 from spatialflow.errors import FormatError
 from spatialflow.io.sdtransforms import write_transforms
-from spatialflow.transforms import Transform
+from spatialflow.transforms.base import Transform
 
 __all__ = [
     "LAYOUT_VERSION",

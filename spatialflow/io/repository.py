@@ -21,7 +21,9 @@ from typing import Any
 import zarr
 
 from spatialflow.dataset import Dataset
-from spatialflow.elements import KINDS, Points, Shapes
+from spatialflow.elements import KINDS
+from spatialflow.elements.points import Points
+from spatialflow.elements.shapes import Shapes
 from spatialflow.errors import FormatError, SpatialFlowError
 from spatialflow.io.location import Location
 from spatialflow.io.native import read_native_frame

@@ -41,8 +41,12 @@ import xarray as xr
 import zarr
 
 from spatialflow.dataset import Dataset
-from spatialflow.elements import KINDS, Image, Labels, Points, RasterElement, Shapes, Table
+from spatialflow.elements import KINDS
 from spatialflow.elements.base import check_name
+from spatialflow.elements.points import Points
+from spatialflow.elements.raster import Image, Labels, RasterElement
+from spatialflow.elements.shapes import Shapes
+from spatialflow.elements.table import Table
 from spatialflow.errors import FormatError, SpatialFlowError
 from spatialflow.io.location import Location
 from spatialflow.io.native import exact_dtypes

@@ -16,7 +16,8 @@ from collections.abc import Sequence as Seq
 from typing import Any
 
 from spatialflow.errors import FormatError, SpatialFlowError
-from spatialflow.transforms import MapAxis, Sequence, Transform
+from spatialflow.transforms.base import MapAxis, Transform
+from spatialflow.transforms.composite import Sequence
 from spatialflow.transforms.ngff import (
     CHANNEL_AXES,
     from_spatialdata_dict,

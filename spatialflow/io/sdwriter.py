@@ -6,7 +6,7 @@ as one GeoParquet file (WKB), tables in the AnnData zarr encoding; consolidated 
 dropped when a write starts and rewritten from the tree when it ends.
 
 Raster and table *nodes* are written through the zarr API onto any zarr store, so the native
-Icechunk layout (jobs/writer.py) reuses :func:`create_raster_nodes` and :func:`write_table`.
+Icechunk layout (io/icechunk_writer.py) reuses :func:`create_raster_nodes` and :func:`write_table`.
 
 No half-written element under its final name: each element is written under
 ``__spatialflow_tmp__/<kind>/<name>-<random>`` (outside the kind groups readers list) and moved
@@ -38,7 +38,11 @@ import numpy as np
 import zarr
 
 from spatialflow.dataset import Dataset
-from spatialflow.elements import KINDS, Image, Points, RasterElement, Shapes, Table
+from spatialflow.elements import KINDS
+from spatialflow.elements.points import Points
+from spatialflow.elements.raster import Image, RasterElement
+from spatialflow.elements.shapes import Shapes
+from spatialflow.elements.table import Table
 from spatialflow.errors import FormatError
 from spatialflow.io.location import Location, detect_layout
 from spatialflow.io.sdformat import (
@@ -181,7 +185,7 @@ def _remove(loc: Location, *parts: str) -> None:
 
 
 def _version() -> str:
-    from spatialflow import __version__
+    from spatialflow._version import __version__
 
     return __version__
 

@@ -90,10 +90,11 @@ def run_demo(
     say: Callable[[str], None] = print,
     on_client: Callable[[Any], None] | None = None,
 ) -> DemoResult:
-    import spatialflow as sf
+    from spatialflow._version import __version__
+    from spatialflow.datasets.xenium import xenium_like
+    from spatialflow.io.icechunk_writer import commit_dataset
     from spatialflow.io.location import location
     from spatialflow.io.repository import open_repository
-    from spatialflow.jobs.writer import commit_dataset
 
     t0 = time.perf_counter()
     repo_path = str(Path(repo).expanduser().resolve())
@@ -103,7 +104,7 @@ def run_demo(
         "n_transcripts": n_transcripts,
         "n_cells": n_cells,
         "seed": seed,
-        "version": sf.__version__,
+        "version": __version__,
     }
     key = "ingest:" + hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
     snapshot = find_run(repository, "main", key)
@@ -116,7 +117,7 @@ def run_demo(
                 f"Ingesting a synthetic Xenium-like sample ({n_transcripts:,} transcripts, "
                 f"{n_cells:,} cells) into {repo_path} ..."
             )
-            ds = sf.datasets.xenium_like(n_transcripts, n_cells, seed=seed)
+            ds = xenium_like(n_transcripts, n_cells, seed=seed)
             snapshot = commit_dataset(
                 repository,
                 ds,

@@ -62,7 +62,7 @@ def _input_identity(url: str, branch: str, snapshot: str | None) -> str:
 
 
 def run_key(config: JobConfig, input_ids: dict[str, str]) -> str:
-    from spatialflow import __version__
+    from spatialflow._version import __version__
 
     payload = {k: v for k, v in config.source.items() if k != "commit"}
     payload["branch"] = config.branch
@@ -122,54 +122,76 @@ def cluster(cfg: ClusterConfig, scheduler: str | None = None) -> Iterator[Any]:
 # --- building the outputs ----------------------------------------------------------------------
 def _outputs(config: JobConfig, inputs: dict[str, Dataset]) -> tuple[Dataset, dict[str, Any]]:
     """Elements (lazy) and lazy tables produced by the steps."""
-    import spatialflow as sf
-
     elements = Dataset()
     tables: dict[str, Any] = {}
     for i, step in enumerate(config.steps):
         ds = inputs[step.params["input"]]
         where = f"steps[{i}].{step.kind}"
         try:
-            _one(sf, step, ds, elements, tables)
+            STEP_RUNNERS[step.kind](step, ds, elements, tables)
         except SpatialFlowError as e:
             raise ConfigError(f"{where}: {e}") from e
     return elements, tables
 
 
-def _one(sf: Any, step: Step, ds: Dataset, elements: Dataset, tables: dict[str, Any]) -> None:
+def _input_element(ds: Dataset, name: str) -> Any:
+    if name not in ds:
+        raise ConfigError(f"no element {name!r} in the input; it has {[n for n, _ in ds.items()]}")
+    return ds[name]
+
+
+def _put(elements: Dataset, name: str, el: Any) -> None:
+    getattr(elements, el.kind)[name] = el
+
+
+def _aggregate_step(step: Step, ds: Dataset, elements: Dataset, tables: dict[str, Any]) -> None:
+    from spatialflow.ops.aggregate import aggregate
+
     p = step.params
-    if step.kind == "aggregate":
-        tables[step.output] = sf.aggregate(
-            ds,
-            p["values"],
-            p["by"],
-            value_key=p.get("value_key"),
-            agg=p.get("agg", "count"),
-            coordinate_system=p.get("coordinate_system", "global"),
-            fractions=p.get("fractions", False),
-            table_name=step.output,
-            strategy=p.get("strategy", "auto"),
-        )
-        return
-    if p["element"] not in ds:
-        raise ConfigError(
-            f"no element {p['element']!r} in the input; it has {[n for n, _ in ds.items()]}"
-        )
-    el = ds[p["element"]]
-    if step.kind == "query":
-        out = sf.bounding_box_query(
-            el,
-            axes=p["axes"],
-            min_coordinate=p["min"],
-            max_coordinate=p["max"],
-            target_coordinate_system=p["coordinate_system"],
-            features=p.get("features"),
-        )
-        if out is None:
-            raise ConfigError("the query selects nothing")
-    else:
-        out = sf.transform(el, p["to"])
-    getattr(elements, out.kind)[step.output] = out
+    tables[step.output] = aggregate(
+        ds,
+        p["values"],
+        p["by"],
+        value_key=p.get("value_key"),
+        agg=p.get("agg", "count"),
+        coordinate_system=p.get("coordinate_system", "global"),
+        fractions=p.get("fractions", False),
+        table_name=step.output,
+        strategy=p.get("strategy", "auto"),
+    )
+
+
+def _query_step(step: Step, ds: Dataset, elements: Dataset, tables: dict[str, Any]) -> None:
+    from spatialflow.ops.query import bounding_box_query
+
+    p = step.params
+    out = bounding_box_query(
+        _input_element(ds, p["element"]),
+        axes=p["axes"],
+        min_coordinate=p["min"],
+        max_coordinate=p["max"],
+        target_coordinate_system=p["coordinate_system"],
+        features=p.get("features"),
+    )
+    if out is None:
+        raise ConfigError("the query selects nothing")
+    _put(elements, step.output, out)
+
+
+def _transform_step(step: Step, ds: Dataset, elements: Dataset, tables: dict[str, Any]) -> None:
+    from spatialflow.ops.transform import transform
+
+    p = step.params
+    _put(elements, step.output, transform(_input_element(ds, p["element"]), p["to"]))
+
+
+StepRunner = Callable[[Step, Dataset, Dataset, dict[str, Any]], None]
+# one entry per step kind of jobs/config.py's STEP_FIELDS: (step, input, outputs, lazy tables)
+STEP_RUNNERS: dict[str, StepRunner] = {
+    "aggregate": _aggregate_step,
+    "query": _query_step,
+    "transform": _transform_step,
+}
 
 
 # --- running -----------------------------------------------------------------------------------
@@ -183,10 +205,11 @@ def run_job(
     on_client: Callable[[Any], None] | None = None,
 ) -> RunResult:
     """Run ``config`` (see the module doc)."""
-    from spatialflow import __version__, read
+    from spatialflow._version import __version__
+    from spatialflow.io import read
+    from spatialflow.io.icechunk_writer import commit_dataset
     from spatialflow.io.location import location
     from spatialflow.io.repository import open_repository
-    from spatialflow.jobs.writer import commit_dataset
 
     t0 = time.perf_counter()
     if branch:
@@ -245,6 +268,7 @@ def run_job(
             message=config.message,
             metadata=metadata,
             tables={n: t.to_delayed() for n, t in tables.items()},
+            finish_table=_finish_table,
         )
     tag = _tag(repo, key, snap)
     return RunResult(
@@ -256,6 +280,12 @@ def run_job(
         seconds=time.perf_counter() - t0,
         explain=explain,
     )
+
+
+def _finish_table(name: str, adata: Any) -> Any:
+    from spatialflow.plan.lazy import finish_table
+
+    return finish_table(adata, f"table {name!r}")
 
 
 def _versions(ours: str) -> dict[str, str]:

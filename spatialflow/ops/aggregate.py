@@ -30,9 +30,11 @@ from typing import Any
 import pandas as pd
 
 from spatialflow.dataset import Dataset
-from spatialflow.elements import Image, Labels, Points, Shapes
+from spatialflow.elements.points import Points
+from spatialflow.elements.raster import Image, Labels
+from spatialflow.elements.shapes import Shapes
 from spatialflow.errors import PlanError, SpatialFlowError
-from spatialflow.plan.aggregate import NUMERIC_AGGS, Spec
+from spatialflow.plan.aggregate.common import NUMERIC_AGGS, Spec
 from spatialflow.plan.lazy import LazyTable
 from spatialflow.plan.nodes import Aggregate, Read, TransformNode
 from spatialflow.transforms import get_transformation_between

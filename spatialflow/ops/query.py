@@ -30,11 +30,16 @@ import pandas as pd
 import shapely
 
 from spatialflow.dataset import Dataset
-from spatialflow.elements import Element, Image, Labels, Points, RasterElement, Shapes, Table
+from spatialflow.elements.base import Element
+from spatialflow.elements.points import Points
+from spatialflow.elements.raster import Image, Labels, RasterElement
+from spatialflow.elements.shapes import Shapes
+from spatialflow.elements.table import Table
 from spatialflow.errors import SpatialFlowError, TransformError, ValidationError
 from spatialflow.plan.nodes import Read
-from spatialflow.transforms import Sequence as Chain
-from spatialflow.transforms import Transform, Translation, get_transformation_between
+from spatialflow.transforms import get_transformation_between
+from spatialflow.transforms.base import Transform, Translation
+from spatialflow.transforms.composite import Sequence as Chain
 
 __all__ = ["QueryError", "bounding_box_query", "polygon_query"]
 

@@ -26,7 +26,10 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from spatialflow.elements import Element, Image, Labels, Points, RasterElement, Shapes
+from spatialflow.elements.base import Element
+from spatialflow.elements.points import Points
+from spatialflow.elements.raster import Image, Labels, RasterElement
+from spatialflow.elements.shapes import Shapes
 from spatialflow.errors import TransformError
 from spatialflow.transforms.apply import (
     box_image,
@@ -35,7 +38,8 @@ from spatialflow.transforms.apply import (
     transform_points_frame,
     transform_shapes_frame,
 )
-from spatialflow.transforms.base import Identity, Scale, Sequence, Transform, Translation
+from spatialflow.transforms.base import Identity, Scale, Transform, Translation
+from spatialflow.transforms.composite import Sequence
 
 __all__ = ["circle_radius_factor", "transform", "transform_points_frame", "transform_shapes_frame"]
 

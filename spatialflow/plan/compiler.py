@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from spatialflow.elements import Points, Shapes
+from spatialflow.elements.points import Points
+from spatialflow.elements.shapes import Shapes
 from spatialflow.errors import PlanError
 from spatialflow.plan.nodes import Node, Query, Read, TransformNode
 from spatialflow.transforms.apply import box_image, transform_points_frame, transform_shapes_frame

@@ -6,7 +6,8 @@ import html
 import warnings
 from typing import Any
 
-from spatialflow.plan.aggregate import DROPPED, AggregateGraph, Spec, lower_aggregate
+from spatialflow.plan.aggregate import lower_aggregate
+from spatialflow.plan.aggregate.common import DROPPED, AggregateGraph, Spec
 from spatialflow.plan.nodes import Aggregate
 from spatialflow.plan.optimizer import optimize
 

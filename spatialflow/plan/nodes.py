@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from spatialflow.elements import Element
-from spatialflow.transforms import Transform
+from spatialflow.elements.base import Element
+from spatialflow.transforms.base import Transform
 
 __all__ = ["Aggregate", "Node", "Query", "Read", "TransformNode"]
 

@@ -22,10 +22,13 @@ from dataclasses import replace
 
 import numpy as np
 
-from spatialflow.elements import Image, Labels, Points, Shapes
+from spatialflow.elements.points import Points
+from spatialflow.elements.raster import Image, Labels
+from spatialflow.elements.shapes import Shapes
 from spatialflow.errors import TransformError
 from spatialflow.plan.nodes import Aggregate, Node, Query, Read, TransformNode
-from spatialflow.transforms import Identity, Sequence
+from spatialflow.transforms.base import Identity
+from spatialflow.transforms.composite import Sequence
 
 __all__ = ["optimize", "source_read"]
 

@@ -14,7 +14,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from spatialflow.errors import TransformError
-from spatialflow.transforms.base import Identity, Sequence, Transform
+from spatialflow.transforms.base import Identity, Transform
+from spatialflow.transforms.composite import Sequence
 
 __all__ = ["Node", "TransformGraph"]
 

@@ -28,17 +28,14 @@ import numpy as np
 from spatialflow.errors import TransformError
 from spatialflow.transforms.base import (
     Affine,
-    Bijection,
-    ByDimension,
     Identity,
-    InverseOf,
     MapAxis,
     Rotation,
     Scale,
-    Sequence,
     Transform,
     Translation,
 )
+from spatialflow.transforms.composite import Bijection, ByDimension, InverseOf, Sequence
 
 __all__ = [
     "axis_dict",

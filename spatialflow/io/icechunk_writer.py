@@ -1,4 +1,9 @@
-"""Writing elements into an Icechunk repository: one writable session, one fork, one commit.
+"""Writing a Dataset into an Icechunk repository: one writable session, one fork, one commit.
+
+This is the native layout's writer (io/ knows formats); ``Dataset.write(format="icechunk")``
+calls :func:`write_repository`, and jobs/ calls :func:`commit_dataset` with a job's outputs,
+its run metadata and any extra write tasks. jobs/ adds what makes a job a job (configs, run
+keys, tags, idempotence, clusters, history) and never writes a node itself.
 
 The coordinator (this process) opens one writable session, creates every node whose shape it
 knows (raster arrays, element groups with their schema, an empty ``parts-<token>`` group per
@@ -39,7 +44,11 @@ import numpy as np
 import zarr
 
 from spatialflow.dataset import Dataset
-from spatialflow.elements import KINDS, Points, RasterElement, Shapes, Table
+from spatialflow.elements import KINDS
+from spatialflow.elements.points import Points
+from spatialflow.elements.raster import RasterElement
+from spatialflow.elements.shapes import Shapes
+from spatialflow.elements.table import Table
 from spatialflow.errors import CommitConflictError, FormatError
 from spatialflow.io.native import frame_schema, native_attrs, write_frame_partition
 from spatialflow.io.sdformat import CONTAINER_VERSION
@@ -224,19 +233,19 @@ def _record_partitions(session: Any, plan: WritePlan, metas: list[dict]) -> None
         root[path].attrs.update({"partitions": table})
 
 
-def _write_tables(session: Any, computed: dict[str, Any]) -> None:
+def _write_tables(
+    session: Any, computed: dict[str, Any], finish: Callable[[str, Any], Any] | None
+) -> None:
     """Write computed AnnData tables in the coordinator's session (small; replacing any old
     table of that name: a node deleted in the session cannot be recreated through a fork)."""
     if not computed:
         return
-    from spatialflow.plan.lazy import finish_table
-
     root = zarr.open_group(session.store, mode="a", zarr_format=3)
     group = root.require_group("tables")
     for name, adata in computed.items():
         if name in group:
             del group[name]
-        write_table(group, name, Table(finish_table(adata, f"table {name!r}")))
+        write_table(group, name, Table(finish(name, adata) if finish is not None else adata))
 
 
 def commit_dataset(
@@ -249,12 +258,14 @@ def commit_dataset(
     extra_tasks: Callable[[Any], list[Any]] | None = None,
     prepare: Callable[[zarr.Group], None] | None = None,
     tables: dict[str, Any] | None = None,
+    finish_table: Callable[[str, Any], Any] | None = None,
 ) -> str:
     """Write every element of ``ds`` into ``branch`` of ``repo`` in one commit; its snapshot id.
 
     Runs on the active ``distributed`` client if there is one, else on Dask's default
     scheduler. On any failure nothing is committed. ``tables`` maps names to delayed AnnData
-    objects computed in the same graph and written by the coordinator. ``prepare(root)`` runs in the
+    objects computed in the same graph and written by the coordinator, each passed through
+    ``finish_table(name, adata)`` first when given. ``prepare(root)`` runs in the
     coordinator's session before the fork (e.g. to delete nodes that ``extra_tasks(fork)``, more
     write tasks returning ``(fork, [])``, recreate)."""
     import icechunk
@@ -279,7 +290,7 @@ def commit_dataset(
             fork, metas = fork_metas
             session.merge(fork)
             _record_partitions(session, plan, metas)
-        _write_tables(session, computed)
+        _write_tables(session, computed, finish_table)
     if not session.has_uncommitted_changes:
         log.info("nothing to commit on %r", branch)
         return str(session.snapshot_id)
@@ -296,7 +307,7 @@ def commit_dataset(
 
 def write_repository(ds: Dataset, loc: Any, *, branch: str = "main", message: str) -> str:
     """Open (or create) the repository at ``loc`` and commit ``ds`` into ``branch``."""
-    from spatialflow import __version__
+    from spatialflow._version import __version__
     from spatialflow.io.location import detect_layout
     from spatialflow.io.repository import open_repository
 
