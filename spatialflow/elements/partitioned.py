@@ -36,7 +36,7 @@ def split_frame(
 ) -> tuple[list[pd.DataFrame], np.ndarray]:
     """Order ``frame`` spatially (by ``xy``) and cut it into partitions with their bounds."""
     n = len(frame)
-    if spatial_sort and n > 1:
+    if spatial_sort and n > 1:  # callers keep frame.index to restore the given order
         order = spatial_order(xy[:, 0], xy[:, 1])
         frame, mins, maxs = frame.iloc[order], mins[order], maxs[order]
     nparts = max(1, -(-n // max(1, rows_per_partition)))
@@ -52,6 +52,9 @@ class PartitionedElement(Element):
     def __init__(self, *, transforms: Mapping[str, Transform] | None, name: str | None) -> None:
         super().__init__(transforms=transforms, name=name)
         self._bounds: np.ndarray | None = None
+        #: the index in the order the rows were given, when the partitions hold them in another
+        #: (spatially sorted) order; results keyed by row (aggregated tables) follow it
+        self.row_order: pd.Index | None = None
 
     data: Any
 

@@ -20,6 +20,7 @@ from spatialflow.elements.partitioned import (
     PartitionedElement,
     split_frame,
 )
+from spatialflow.elements.sources import ColumnSource
 from spatialflow.transforms.base import Transform
 
 __all__ = ["Points"]
@@ -39,6 +40,7 @@ class Points(PartitionedElement):
         partition_bounds: Any = None,
         rows_per_partition: int = DEFAULT_ROWS_PER_PARTITION,
         spatial_sort: bool = True,
+        source: ColumnSource | None = None,
     ) -> None:
         super().__init__(transforms=transforms, name=name)
         self.feature_key = feature_key
@@ -54,6 +56,14 @@ class Points(PartitionedElement):
         self._check_schema(data._meta)
         self.data: dd.DataFrame = data
         self._set_bounds(partition_bounds)
+        if source is not None and source.npartitions != self.npartitions:
+            raise self.error(
+                "source",
+                f"the column source has {source.npartitions} partitions, the data "
+                f"{self.npartitions}",
+            )
+        #: reads partitions straight into numpy (set by readers; see elements/sources.py)
+        self.source = source
 
     # --- validation ------------------------------------------------------------------
     def _check_schema(self, meta: pd.DataFrame) -> None:

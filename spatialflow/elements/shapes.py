@@ -138,6 +138,10 @@ class Shapes(PartitionedElement):
         parts, self._pending_bounds = split_frame(
             gdf, xy, mins, maxs, rows_per_partition, spatial_sort
         )
+        if parts and not pd.Index(np.concatenate([p.index.to_numpy() for p in parts])).equals(
+            gdf.index
+        ):
+            self.row_order = gdf.index
         return dd.from_map(_identity, parts, meta=gdf.iloc[:0], enforce_metadata=False)
 
     def _row_boxes(self, part: gpd.GeoDataFrame) -> tuple[np.ndarray, np.ndarray]:

@@ -25,6 +25,7 @@ from spatialflow.elements import KINDS
 from spatialflow.elements.points import Points
 from spatialflow.elements.shapes import Shapes
 from spatialflow.errors import FormatError, SpatialFlowError
+from spatialflow.io.columns import NativePartitions
 from spatialflow.io.location import Location
 from spatialflow.io.native import read_native_frame
 from spatialflow.io.sdformat import element_groups, read_raster_group, read_table_group
@@ -159,12 +160,19 @@ def _read_frame(store: Any, path: str, attrs: dict[str, Any], kind: str, where: 
     ddf, bounds = read_native_frame(store, path, attrs, where)
     if kind == "points":
         sd = attrs.get("spatialdata_attrs", {})
+        parts = attrs["partitions"]
+        source = (
+            NativePartitions(store, f"{path}/{parts['group']}", attrs["schema"], parts["rows"])
+            if parts["rows"]
+            else None
+        )
         return Points(
             ddf,
             feature_key=sd.get("feature_key"),
             instance_key=sd.get("instance_key"),
             transforms=transforms,
             partition_bounds=bounds,
+            source=source,
         )
     return Shapes(ddf, transforms=transforms, partition_bounds=bounds)
 

@@ -48,6 +48,7 @@ from spatialflow.elements.raster import Image, Labels, RasterElement
 from spatialflow.elements.shapes import Shapes
 from spatialflow.elements.table import Table
 from spatialflow.errors import FormatError, SpatialFlowError
+from spatialflow.io.columns import ParquetRowGroups
 from spatialflow.io.location import Location
 from spatialflow.io.native import exact_dtypes
 from spatialflow.io.sdtransforms import read_transforms
@@ -391,7 +392,9 @@ def _read_points(loc: Location, path: str, group: zarr.Group, where: str) -> Poi
         raise FormatError(f"{where}: points.parquet holds no parquet parts")
     schema = _open_parquet(loc.fs, files[0]).schema_arrow
     dict_cols = [f.name for f in schema if pa.types.is_dictionary(f.type)]
-    categories = _dictionary_values(loc.fs, files, dict_cols)
+    categories = _stored_categories(attrs, dict_cols)
+    missing = [c for c in dict_cols if c not in categories]
+    categories.update(_dictionary_values(loc.fs, files, missing))
     meta = _points_frame(schema.empty_table(), categories)  # from the footer: no row read
     _check_point_columns(meta, where)
     axes = ("x", "y", "z") if "z" in meta.columns else ("x", "y")
@@ -413,7 +416,18 @@ def _read_points(loc: Location, path: str, group: zarr.Group, where: str) -> Poi
         instance_key=sd_attrs.get("instance_key"),
         transforms=read_transforms(attrs.get("coordinateTransformations"), where),
         partition_bounds=None if any(b is None for b in bounds) else np.vstack(bounds),
+        source=ParquetRowGroups(loc.fs, [(f, rg) for f, rg, _ in groups], categories),
     )
+
+
+def _stored_categories(attrs: dict[str, Any], columns: list[str]) -> dict[str, list]:
+    """Categories spatialflow recorded when it wrote the element (so reading needs no pass
+    over the dictionary columns); a store written by anything else has none."""
+    extra = attrs.get("spatialflow")
+    stored = extra.get("categories") if isinstance(extra, dict) else None
+    if not isinstance(stored, dict):
+        return {}
+    return {c: list(v) for c, v in stored.items() if c in columns and isinstance(v, list)}
 
 
 def _check_point_columns(meta: pd.DataFrame, where: str) -> None:

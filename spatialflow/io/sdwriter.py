@@ -35,6 +35,7 @@ from typing import Any
 import dask
 import dask.array as da
 import numpy as np
+import pandas as pd
 import zarr
 
 from spatialflow.dataset import Dataset
@@ -373,12 +374,31 @@ def _points_attrs(el: Points) -> dict[str, Any]:
         sd_attrs["feature_key"] = el.feature_key
     if el.instance_key:
         sd_attrs["instance_key"] = el.instance_key
-    return {
+    attrs: dict[str, Any] = {
         "encoding-type": "ngff:points",
         "axes": list(el.axes),
         "coordinateTransformations": write_transforms(el.transforms, el.axes),
         "spatialdata_attrs": sd_attrs,
     }
+    # spatialflow's own extra (ignored by spatialdata): the categories of the categorical
+    # columns, so a reader needs no pass over them to learn them
+    categories = _known_categories(el.data._meta)
+    if categories:
+        attrs["spatialflow"] = {"categories": categories}
+    return attrs
+
+
+def _known_categories(meta: Any) -> dict[str, list]:
+    out = {}
+    for col in meta.columns:
+        dtype = meta[col].dtype
+        if isinstance(dtype, pd.CategoricalDtype) and "__UNKNOWN_CATEGORIES__" not in list(
+            dtype.categories
+        ):
+            values = dtype.categories.tolist()
+            if all(isinstance(v, str | int) and not isinstance(v, bool) for v in values):
+                out[str(col)] = values
+    return out
 
 
 def _write_points(loc: Location, group: zarr.Group, path: str, el: Points) -> None:

@@ -214,23 +214,32 @@ def _crossing_x(xa: float, ya: float, xb: float, yb: float, py: float) -> float:
     return xa + (py - ya) * (xb - xa) / (yb - ya)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def _part_contains(coords, ring_offsets, ring_start, ring_stop, px, py) -> bool:
     """Even-odd test of (px, py) against rings ``ring_start:ring_stop`` (closed rings)."""
     inside = False
     for r in range(ring_start, ring_stop):
-        for k in range(ring_offsets[r], ring_offsets[r + 1] - 1):
-            ya = coords[k, 1]
-            yb = coords[k + 1, 1]
-            if (ya > py) != (yb > py):
-                xa = coords[k, 0]
-                xb = coords[k + 1, 0]
-                if px < _crossing_x(xa, ya, xb, yb, py):
-                    inside = not inside
+        k0 = ring_offsets[r]
+        k1 = ring_offsets[r + 1] - 1
+        if k1 <= k0:
+            continue
+        # walk the ring carrying the previous vertex, so each vertex is loaded once
+        xa = coords[k0, 0]
+        ya = coords[k0, 1]
+        above_a = ya > py
+        for k in range(k0 + 1, k1 + 1):
+            xb = coords[k, 0]
+            yb = coords[k, 1]
+            above_b = yb > py
+            if above_a != above_b and px < _crossing_x(xa, ya, xb, yb, py):
+                inside = not inside
+            xa = xb
+            ya = yb
+            above_a = above_b
     return inside
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def _geom_contains(coords, ring_offsets, part_ring_offsets, geom_part_offsets, g, px, py) -> bool:
     """Whether geometry g contains (px, py): any of its parts does (no bounds check here)."""
     for p in range(geom_part_offsets[g], geom_part_offsets[g + 1]):

@@ -17,6 +17,7 @@ from typing import Any
 
 import dask
 import numpy as np
+import pandas as pd
 import shapely
 
 from spatialflow.elements.points import Points
@@ -80,6 +81,11 @@ def prepare_by(gdf: Any, k: int, buffer_resolution: int) -> ByPart:
     return ByPart(k, gdf.index.to_numpy(), geoms, polys, build_grid_index(polys.bounds))
 
 
+def by_order(el: Any) -> pd.Index | None:
+    """The by element's own row order when it differs from its partition order (else None)."""
+    return getattr(el, "row_order", None)
+
+
 def by_meta(part: ByPart) -> tuple[np.ndarray, int]:
     return part.index, part.n
 
@@ -123,28 +129,45 @@ def by_side(node: Aggregate) -> tuple[Frame, list[Any], list[Any], np.ndarray]:
     return by, preps, metas, frame_bounds(by)
 
 
-JoinTask = Callable[[Any, list[Any]], Any]
+@dataclass
+class ValuesSide:
+    """The values of a partition join: ``n`` units of work with their boxes (in the target
+    coordinate system), and ``join(i, by_parts)``: a delayed ``(partials, n_nan)`` for unit i,
+    where ``partials`` maps by partition -> partial result."""
+
+    n: int
+    bounds: np.ndarray | None  # (n, 2 d); None when the join is a broadcast
+    join: Callable[[int, list[Any]], Any]
+    partitions: tuple[int, int]  # (read, total) of the values element
 
 
-def lower_partition_join(node: Aggregate, spec: Spec, join: JoinTask) -> AggregateGraph:
-    """Join every values partition with the by partitions whose boxes meet its own (all of them
-    when broadcast): ``join(values_part, by_parts)`` is a delayed ``(partials, n_nan)`` where
-    ``partials`` maps by partition -> partial result; partials are reduced per by partition."""
+def frame_values(node: Aggregate, task: Callable[[Any, list[Any]], Any]) -> ValuesSide:
+    """Values lowered as a partitioned frame: ``task(partition, by_parts)`` per partition."""
     values = lower_frame(node.values)
+    parts = values.data.to_delayed()
+    bounds = frame_bounds(values) if node.strategy != "broadcast" else None
+    n_total = source_read(node.values).element.npartitions  # type: ignore[attr-defined]
+    return ValuesSide(
+        len(parts), bounds, lambda i, by: task(parts[i], by), (values.npartitions, n_total)
+    )
+
+
+def lower_partition_join(node: Aggregate, spec: Spec, values: ValuesSide) -> AggregateGraph:
+    """Join every unit of values with the by partitions whose boxes meet its own (all of them
+    when broadcast); partials are reduced per by partition, then assembled in by order."""
     by, preps, metas, by_bounds = by_side(node)
-    v_bounds = frame_bounds(values) if node.strategy != "broadcast" else None
     per_k: dict[int, list[Any]] = {k: [] for k in range(by.npartitions)}
     nan_counts = []
     joins = 0
-    for p, part in enumerate(values.data.to_delayed()):
-        if node.strategy == "broadcast":
+    for p in range(values.n):
+        if node.strategy == "broadcast" or values.bounds is None:
             ks = list(range(by.npartitions))
         else:
-            ks = [k for k in range(by.npartitions) if boxes_meet(v_bounds[p], by_bounds[k])]
+            ks = [k for k in range(by.npartitions) if boxes_meet(values.bounds[p], by_bounds[k])]
         if not ks:
             continue
         joins += len(ks)
-        partial, n_nan = join(part, [preps[k] for k in ks])
+        partial, n_nan = values.join(p, [preps[k] for k in ks])
         nan_counts.append(n_nan)
         for k in ks:
             per_k[k].append(dask.delayed(pick)(partial, k, empty_partial, spec, metas[k][1]))
@@ -153,12 +176,13 @@ def lower_partition_join(node: Aggregate, spec: Spec, join: JoinTask) -> Aggrega
         items = per_k[k] or [dask.delayed(empty_partial)(spec, metas[k][1])]
         blocks.append(tree(items))
     index_dtype = by.element.data._meta.index.dtype
-    result = dask.delayed(assemble)(spec, node.by_name, index_dtype, metas, blocks, nan_counts)
-    n_values = source_read(node.values).element.npartitions  # type: ignore[attr-defined]
+    result = dask.delayed(assemble)(
+        spec, node.by_name, index_dtype, metas, blocks, nan_counts, by_order(by.element)
+    )
     return AggregateGraph(
         result,
         node.strategy,
-        (values.npartitions, n_values),
+        values.partitions,
         (by.npartitions, by.element.npartitions),
         joins,
     )

@@ -13,6 +13,7 @@ from typing import Any
 import anndata as ad
 import dask
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
 from spatialflow.elements.raster import Image, Labels
@@ -24,12 +25,14 @@ from spatialflow.plan.aggregate.common import (
     AggregateGraph,
     Spec,
     aggregate_table,
+    in_order,
     pick,
     tree,
 )
 from spatialflow.plan.aggregate.join import (
     ByPart,
     boxes_meet,
+    by_order,
     by_side,
 )
 from spatialflow.plan.nodes import Aggregate
@@ -168,6 +171,7 @@ def _assemble_pixels(
     index_dtype: Any,
     metas: list[tuple[np.ndarray, int]],
     blocks: list[Any],
+    order: pd.Index | None = None,
 ) -> ad.AnnData:
     x = (
         sp.vstack([_finish_pixels(b, agg) for b in blocks], format="csr")
@@ -175,6 +179,7 @@ def _assemble_pixels(
         else sp.csr_matrix((0, len(channels)))
     )
     index = np.concatenate([i for i, _ in metas]) if metas else np.empty(0)
+    x, index = in_order(x, index, order)
     return aggregate_table(x, index, index_dtype, [f"channel_{c}_{agg}" for c in channels], by_name)
 
 
@@ -217,7 +222,13 @@ def lower_image_by_shapes(node: Aggregate, spec: Spec) -> AggregateGraph:
         done.append(tree(items))
     channels = [str(ch) for ch in image.channel_names]
     result = dask.delayed(_assemble_pixels)(
-        spec.agg, channels, node.by_name, by.element.data._meta.index.dtype, metas, done
+        spec.agg,
+        channels,
+        node.by_name,
+        by.element.data._meta.index.dtype,
+        metas,
+        done,
+        by_order(by.element),
     )
     n_blocks = len(arr.chunks[1]) * len(arr.chunks[2])
     return AggregateGraph(

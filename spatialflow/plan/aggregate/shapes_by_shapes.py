@@ -18,6 +18,7 @@ from spatialflow.plan.aggregate.common import (
 )
 from spatialflow.plan.aggregate.join import (
     ByPart,
+    frame_values,
     lower_partition_join,
     polygonal,
 )
@@ -90,7 +91,10 @@ def lower_shapes_by_shapes(node: Aggregate, spec: Spec) -> AggregateGraph:
     return lower_partition_join(
         node,
         spec,
-        lambda part, by: dask.delayed(_shapes_by_shapes, nout=2)(
-            part, by, spec, node.value_table, res
+        frame_values(
+            node,
+            lambda part, by: dask.delayed(_shapes_by_shapes, nout=2)(
+                part, by, spec, node.value_table, res
+            ),
         ),
     )

@@ -1,0 +1,47 @@
+"""Column sources: an element's partitions read straight into numpy, without pandas.
+
+A Points element read from a store keeps, next to its dask DataFrame, a :class:`ColumnSource`
+that reads partition k's columns as numpy arrays (categoricals as int32 codes into the
+element's categories, -1 for missing). Hot paths (aggregation, viewport and box queries) read
+through it, one task per unit of work, with no DataFrame built in between; everything else uses
+the dask DataFrame. Sources are implemented by the formats (io/): parquet row groups of the
+SpatialData layout, zarr partitions of the native layout. Element constructors that change the
+data (transform, query) do not carry a source over, so a source always describes the data as
+stored.
+
+A source must pickle (it travels to Dask workers) and must hold no open file handles.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["ColumnSource"]
+
+
+class ColumnSource(ABC):
+    """Reads the partitions of one stored points element as numpy columns."""
+
+    @property
+    @abstractmethod
+    def npartitions(self) -> int:
+        """The number of partitions (the element's dask partitions, one for one)."""
+
+    @abstractmethod
+    def read(self, k: int, columns: Sequence[str]) -> dict[str, np.ndarray]:
+        """Partition ``k``'s ``columns``: numbers as numpy arrays, categoricals as int32 codes
+        into the element's categories (-1 where the value is missing or not a category)."""
+
+    def read_many(self, ks: Sequence[int], columns: Sequence[str]) -> dict[str, np.ndarray]:
+        """Partitions ``ks`` concatenated in order (a source may batch the reads)."""
+        pieces = [self.read(k, columns) for k in ks]
+        if not pieces:
+            raise ValueError("read_many: no partitions given")
+        return {c: np.concatenate([p[c] for p in pieces]) for c in columns}
+
+    def rows(self, k: int) -> int | None:
+        """Rows of partition ``k`` if known without reading it (else None)."""
+        return None

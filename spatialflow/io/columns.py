@@ -1,0 +1,177 @@
+"""Column sources of stored points (see elements/sources.py): parquet row groups of the
+SpatialData layout and zarr partitions of the native layout, read straight into numpy.
+
+Categorical columns come back as int32 codes into the element's categories: a parquet row
+group's dictionary is mapped onto them (the dictionary is small, so the map is built per row
+group; the codes themselves are never turned into strings), and the native layout stores codes
+into the element's categories already.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from spatialflow.elements.sources import ColumnSource
+from spatialflow.errors import FormatError
+
+__all__ = ["NativePartitions", "ParquetRowGroups", "arrow_codes"]
+
+
+def arrow_codes(
+    column: pa.ChunkedArray | pa.Array,
+    categories: pd.Index,
+    cache: dict[int, tuple[pa.Array, np.ndarray]] | None = None,
+) -> np.ndarray:
+    """int32 codes of ``column`` (dictionary-encoded or plain values) into ``categories``.
+
+    A dictionary's map onto the categories is built once and reused for every chunk carrying
+    an equal dictionary (dask writes the whole category list into every row group)."""
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    out = []
+    last: tuple[pa.Array, np.ndarray] | None = None
+    for chunk in chunks:
+        if not pa.types.is_dictionary(chunk.type):
+            out.append(categories.get_indexer(chunk.to_pandas()).astype(np.int32))
+            continue
+        if last is None or not last[0].equals(chunk.dictionary):
+            lookup = categories.get_indexer(chunk.dictionary.to_pandas()).astype(np.int32)
+            last = (chunk.dictionary, np.append(lookup, np.int32(-1)))  # [-1] -> -1 (null)
+        lookup = last[1]
+        indices = chunk.indices
+        if indices.null_count:
+            idx = indices.fill_null(-1).to_numpy(zero_copy_only=False)
+        else:
+            idx = indices.to_numpy(zero_copy_only=False)
+        out.append(lookup[idx])  # index -1 picks the appended -1
+    if not out:
+        return np.empty(0, np.int32)
+    return out[0] if len(out) == 1 else np.concatenate(out)
+
+
+def _numbers(column: pa.ChunkedArray) -> np.ndarray:
+    if column.null_count and pa.types.is_integer(column.type):
+        return column.to_numpy(zero_copy_only=False).astype(np.float64)
+    return column.to_numpy()  # one copy when there are several chunks
+
+
+class ParquetRowGroups(ColumnSource):
+    """One partition per (parquet file, row group), as the SpatialData reader partitions."""
+
+    def __init__(
+        self,
+        fs: Any,
+        groups: Sequence[tuple[str, int]],
+        categories: dict[str, list[Any]],
+        rows: Sequence[int] | None = None,
+    ) -> None:
+        self.fs = fs
+        self.groups = list(groups)
+        self.categories = {c: list(v) for c, v in categories.items()}
+        self._rows = list(rows) if rows is not None else None
+        self._index: dict[str, pd.Index] = {}
+
+    @property
+    def npartitions(self) -> int:
+        return len(self.groups)
+
+    def rows(self, k: int) -> int | None:
+        return None if self._rows is None else self._rows[k]
+
+    def _cats(self, name: str) -> pd.Index:
+        if name not in self._index:
+            self._index[name] = pd.Index(self.categories[name])
+        return self._index[name]
+
+    def _open(self, path: str) -> pq.ParquetFile:
+        protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
+        if "file" in protocols:
+            return pq.ParquetFile(path, memory_map=True)
+        return pq.ParquetFile(self.fs.open(path, "rb"))
+
+    def read(self, k: int, columns: Sequence[str]) -> dict[str, np.ndarray]:
+        return self.read_many([k], columns)
+
+    def read_many(self, ks: Sequence[int], columns: Sequence[str]) -> dict[str, np.ndarray]:
+        """Partitions ``ks`` at once, in order: one read per parquet file they fall in."""
+        runs: list[tuple[str, list[int]]] = []
+        for k in ks:
+            path, rg = self.groups[k]
+            if runs and runs[-1][0] == path:
+                runs[-1][1].append(rg)
+            else:
+                runs.append((path, [rg]))
+        tables = []
+        for path, rgs in runs:
+            try:
+                tables.append(self._open(path).read_row_groups(rgs, columns=list(columns)))
+            except (OSError, pa.ArrowException, ValueError) as e:
+                raise FormatError(
+                    f"{path} (row groups {rgs[0]}..{rgs[-1]}): cannot read columns "
+                    f"{list(columns)} ({e})"
+                ) from e
+        table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+        return {
+            name: arrow_codes(table.column(name), self._cats(name))
+            if name in self.categories
+            else _numbers(table.column(name))
+            for name in columns
+        }
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_index"] = {}
+        return state
+
+
+class NativePartitions(ColumnSource):
+    """The partitions of a native-layout element (one zarr group per partition)."""
+
+    def __init__(self, store: Any, parts_path: str, schema: dict[str, Any], rows: list[int]):
+        self.store = store
+        self.parts_path = parts_path
+        self.schema = schema
+        self._rows = list(rows)
+        self._position = {c["name"]: i for i, c in enumerate(schema["columns"])}
+
+    @property
+    def npartitions(self) -> int:
+        return len(self._rows)
+
+    def rows(self, k: int) -> int | None:
+        return self._rows[k]
+
+    def read(self, k: int, columns: Sequence[str]) -> dict[str, np.ndarray]:
+        import zarr
+
+        from spatialflow.io.native import column_array, partition_path
+
+        where = f"{self.parts_path}/{partition_path(k)}"
+        try:
+            g = zarr.open_group(self.store, path=where, mode="r", zarr_format=3)
+            out: dict[str, np.ndarray] = {}
+            for name in columns:
+                i = self._position[name]
+                values = g[column_array(i)][...]
+                kind = self.schema["columns"][i].get("kind")
+                if kind == "categorical":
+                    values = values.astype(np.int32)
+                elif kind == "masked":
+                    mask = g[f"{column_array(i)}_mask"][...].astype(bool)
+                    values = values.astype(np.float64)
+                    values[mask] = np.nan
+                elif kind != "numeric":
+                    raise FormatError(
+                        f"{where}: column {name!r} holds {kind} values, not numbers or codes"
+                    )
+                out[name] = values
+        except KeyError as e:
+            raise FormatError(
+                f"{where}: a stored array is missing ({e}); the store is damaged"
+            ) from e
+        return out
