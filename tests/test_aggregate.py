@@ -371,3 +371,83 @@ def test_bad_input():
     for kwargs, words in cases:
         with pytest.raises(sf.SpatialFlowError, match=words):
             sf.aggregate(ds, **kwargs)
+
+
+# --- read from stores: the column-source path, categories from the store, row order -------
+@pytest.mark.parametrize("layout", ["spatialdata", "icechunk"])
+@pytest.mark.parametrize("tkey", ["identity", "affine_both_and_second_cs"])
+def test_stored_points_by_shapes_equal_spatialdata(tmp_path, layout, tkey):
+    """Points read from a store go through their column source (no DataFrame per partition);
+    the result must not change, whatever the layout, transform or row-group split."""
+    cs = "aligned" if tkey.startswith("affine") else "global"
+    sdata = _sdata(5, string_index=True, by_kind="polygons", transforms=TRANSFORMS[tkey])
+    ds = sf.from_spatialdata(sdata)
+    pts = ds.points["pts"]
+    # several partitions, so units hold several row groups and meet several by partitions
+    small = sf.Points(
+        pts.data.compute(),
+        feature_key="gene",
+        transforms=pts.transforms,
+        rows_per_partition=300,
+    )
+    ds.points["pts"] = small
+    url = tmp_path / ("s.zarr" if layout == "spatialdata" else "r.icechunk")
+    ds.write(url, format=layout, message="m")
+    stored = sf.read(url)
+    assert stored.points["pts"].source is not None
+    assert stored.points["pts"].npartitions > 4
+    ours = sf.aggregate(stored, "pts", "by", value_key="gene", coordinate_system=cs).compute()
+    _compare(ours, _oracle(sdata, "gene", "count", cs))
+    numeric = sf.aggregate(
+        stored, "pts", "by", value_key="intensity", agg="mean", coordinate_system=cs
+    ).compute()
+    _compare(numeric, _oracle(sdata, "intensity", "mean", cs), rtol=1e-9)
+
+
+def test_categorical_column_of_stored_shapes_gives_one_variable_per_category(tmp_path):
+    """spatialdata writes a pd.Categorical column of shapes as a parquet dictionary column
+    whose categories dask does not know; the engine must learn them (one per variable)."""
+    rng = np.random.default_rng(8)
+    small = _polygons(rng, 60, string_index=False)
+    small["kind"] = pd.Categorical(
+        rng.choice(["a", "b", "c", "d"], len(small)), categories=["d", "c", "b", "a"]
+    )
+    big = _circles(rng, 12, string_index=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sdata = sd.SpatialData(
+            shapes={"small": ShapesModel.parse(small), "big": ShapesModel.parse(big)}
+        )
+        sdata.write(tmp_path / "s.zarr")
+        stored_sd = sd.read_zarr(tmp_path / "s.zarr")
+    ds = sf.read(tmp_path / "s.zarr")
+    ours = sf.aggregate(ds, "small", "big", value_key="kind").compute()
+    theirs = _oracle(stored_sd, "kind", "count", "global", values="small", by="big")
+    assert ours.n_vars == 4
+    _compare(ours, theirs)
+    ours = sf.aggregate(ds, "small", "big", value_key="kind", agg="sum", fractions=True).compute()
+    theirs = _oracle(stored_sd, "kind", "sum", "global", fractions=True, values="small", by="big")
+    _compare(ours, theirs, rtol=1e-9)
+
+
+def test_aggregated_rows_come_in_the_by_elements_order():
+    """Shapes built from memory are partitioned in spatial order; the table still lists them
+    in the order the user gave them, as spatialdata does."""
+    rng = np.random.default_rng(21)
+    by = _polygons(rng, 200, string_index=True)
+    by = by.iloc[rng.permutation(len(by))]
+    pts = _points(rng, 5000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sdata = sd.SpatialData(
+            points={"pts": PointsModel.parse(pts, feature_key="gene")},
+            shapes={"by": ShapesModel.parse(by)},
+        )
+    ds = sf.from_spatialdata(sdata)
+    ds.shapes["by"] = sf.Shapes(by, rows_per_partition=16)  # spatially sorted partitions
+    parts = ds.shapes["by"].data.to_delayed()
+    in_partitions = np.concatenate([dask.compute(p)[0].index.to_numpy() for p in parts])
+    assert list(in_partitions) != list(by.index)  # the engine's order differs from the user's
+    ours = sf.aggregate(ds, "pts", "by", value_key="gene").compute()
+    assert list(ours.obs_names) == list(by.index)
+    _compare(ours, _oracle(sdata, "gene", "count", "global"))

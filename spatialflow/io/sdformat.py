@@ -353,6 +353,13 @@ def _points_frame(
         df = df.set_index("__null_dask_index__")
     if df.index.name == "__null_dask_index__":
         df.index.name = None
+    df = with_categories(df, categories)
+    return df if columns is None else df[columns]
+
+
+def with_categories(df: pd.DataFrame, categories: dict[str, list]) -> pd.DataFrame:
+    """``df`` with each column of ``categories`` a categorical of exactly those categories
+    (a parquet row group's dictionary holds its own subset, in its own order)."""
     for col, cats in categories.items():
         if col not in df.columns:
             continue
@@ -360,7 +367,7 @@ def _points_frame(
             df[col] = df[col].cat.set_categories(cats)
         else:
             df[col] = pd.Categorical(df[col].astype(object), categories=cats)
-    return df if columns is None else df[columns]
+    return df
 
 
 def _check_version(attrs: dict[str, Any], known: tuple[str, ...], what: str, where: str) -> str:
@@ -468,15 +475,18 @@ def _dictionary_values(fs: Any, files: list[str], columns: list[str]) -> dict[st
     return {c: list(v) for c, v in merged.items()}
 
 
-def _read_shapes_row_group(fs: Any, path: str, rg: int, offset: int, geo: dict) -> Any:
-    """Row group ``rg`` of a GeoParquet file (the first row is row ``offset`` of the file)."""
+def _read_shapes_row_group(
+    fs: Any, path: str, rg: int, offset: int, geo: dict, categories: dict | None = None
+) -> Any:
+    """Row group ``rg`` of a GeoParquet file (the first row is row ``offset`` of the file),
+    its categorical columns with the categories of the whole element."""
     try:
         with fs.open(path, "rb") as f:
             pf = pq.ParquetFile(f)
             table = pf.read_row_group(rg)
     except (OSError, pa.ArrowException, ValueError) as e:
         raise _unreadable(path, e, fs) from e
-    return _geopandas(table, geo, offset)
+    return with_categories(_geopandas(table, geo, offset), categories or {})
 
 
 def _geopandas(table: pa.Table, geo: dict, offset: int) -> Any:
@@ -516,7 +526,11 @@ def _read_shapes(loc: Location, path: str, group: zarr.Group, where: str) -> Sha
         ) from e
     sizes = [pf.metadata.row_group(i).num_rows for i in range(pf.metadata.num_row_groups)]
     offsets = [int(o) for o in np.concatenate([[0], np.cumsum(sizes)])[:-1]]
-    meta = _geopandas(pf.schema_arrow.empty_table(), geo, 0)  # no row read
+    dict_cols = [f.name for f in pf.schema_arrow if pa.types.is_dictionary(f.type)]
+    categories = _stored_categories(attrs, dict_cols)
+    missing = [c for c in dict_cols if c not in categories]
+    categories.update(_dictionary_values(loc.fs, [file], missing))  # that column only
+    meta = with_categories(_geopandas(pf.schema_arrow.empty_table(), geo, 0), categories)
     n = len(sizes)
     with exact_dtypes():  # spatialdata reads shapes with geopandas: no string conversion
         ddf = dd.from_map(
@@ -526,6 +540,7 @@ def _read_shapes(loc: Location, path: str, group: zarr.Group, where: str) -> Sha
             list(range(n)),
             offsets,
             [geo] * n,
+            [categories] * n,
             meta=meta,
             enforce_metadata=False,
             label="read-shapes-parquet",

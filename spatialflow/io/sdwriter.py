@@ -430,6 +430,9 @@ def _write_shapes(loc: Location, group: zarr.Group, path: str, el: Shapes) -> No
     # spatialflow's own extra: each row group's bounding box (a reader that does not know it,
     # spatialdata included, ignores it), so queries and joins skip row groups unread
     attrs["spatialflow"] = {"row_group_bounds": _row_group_bounds(el, gdf)}
+    categories = _known_categories(el.data._meta)
+    if categories:
+        attrs["spatialflow"]["categories"] = categories
     group.attrs.update(attrs)
 
 

@@ -156,7 +156,7 @@ def _spec(
         if value_key is None:
             return Spec("ones", agg if fractions else "count", ["count"], None, fractions), None
         if value_key in el.data.columns:
-            dtype = el.data._meta[value_key].dtype
+            dtype = _known_dtype(el, value_key)
             key = value_key
         else:
             table_values = _table_column(ds, name, value_key)
@@ -195,3 +195,14 @@ def _table_column(ds: Dataset, name: str, key: str) -> pd.Series:
         f"aggregate: value_key {key!r} is neither a column of {name!r} nor an obs "
         f"column of a table annotating it"
     )
+
+
+def _known_dtype(el: Any, key: str) -> Any:
+    """The dtype of column ``key``; a categorical with unknown categories (as dask reads a
+    categorical without metadata) gets them from one pass over that column only."""
+    from dask.dataframe.utils import has_known_categories
+
+    dtype = el.data._meta[key].dtype
+    if isinstance(dtype, pd.CategoricalDtype) and not has_known_categories(el.data[key]):
+        return el.data[key].cat.as_known().dtype
+    return dtype

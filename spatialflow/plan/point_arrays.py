@@ -197,8 +197,8 @@ def _unit_bounds(
     el: Points, parts: Sequence[int], matrix: np.ndarray | None, box: tuple | None
 ) -> np.ndarray:
     pb = el.partition_bounds
-    if pb is None:
-        return np.full(4, np.nan)
+    if pb is None:  # not stored with the element: computed once, kept on it
+        pb = el.compute_partition_bounds()
     d = len(el.axes)
     b = pb[list(parts)]
     ok = ~np.isnan(b).any(axis=1)
