@@ -296,8 +296,11 @@ def _write_xenium(layout: XeniumLike, path: Path, version: str) -> Path:
     if v2:
         summary_cols.append("nucleus_count")
         summary.append(np.ones(n))
-    arr = root.create_array("cell_summary", data=np.stack(summary, axis=1).astype(np.float64))
-    arr.attrs["column_names"] = summary_cols
+    root.create_array(
+        "cell_summary",
+        data=np.stack(summary, axis=1).astype(np.float64),
+        attributes={"column_names": summary_cols},
+    )
     masks = root.create_group("masks")
     masks.create_array("0", data=nuc_mask, chunks=(1024, 1024))
     masks.create_array("1", data=cell_mask, chunks=(1024, 1024))

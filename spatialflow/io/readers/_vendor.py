@@ -57,6 +57,29 @@ DEFAULT_FACTORS = (2, 2, 2, 2)
 DEFAULT_CSV_BLOCK = 64 * 2**20
 
 
+def local_folder(
+    reader: str, url: Any, storage_options: Any, options: dict[str, Any], known: set[str]
+) -> Path:
+    """The local folder at ``url`` after checking a vendor reader's options. ``branch="main"``
+    and ``snapshot=None`` (what job runners pass to every input) are accepted and ignored."""
+    from spatialflow.io.location import location
+
+    if options.pop("branch", "main") != "main" or options.pop("snapshot", None) is not None:
+        raise FormatError(f"{url}: branch= and snapshot= apply to Icechunk repositories only")
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise FormatError(
+            f"{url}: the {reader} reader takes no options {unknown}; known: {sorted(known)}"
+        )
+    loc = location(url, storage_options)
+    if not loc.is_local:
+        raise FormatError(f"{loc.url}: vendor folders are read from local paths only")
+    path = Path(loc.path)
+    if not path.is_dir():
+        raise FormatError(f"{path}: no such directory")
+    return path
+
+
 def require(folder: Path, name: str, what: str) -> Path:
     """``folder / name``, or a FormatError saying which file is missing and what it holds."""
     p = folder / name

@@ -54,6 +54,7 @@ from spatialflow.io.readers._vendor import (
     known_categorical,
     labels_pyramid,
     lazy_array,
+    local_folder,
     ome_physical_size,
     parquet_file,
     read_10x_h5,
@@ -106,15 +107,8 @@ class XeniumReader(Reader):
             "cells_table",
             "gex_only",
         }
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise FormatError(
-                f"{url}: the xenium reader takes no options {unknown}; known: {sorted(known)}"
-            )
-        loc = location(url, storage_options)
-        if not loc.is_local:
-            raise FormatError(f"{loc.url}: vendor folders are read from local paths only")
-        return XeniumFolder(Path(loc.path)).dataset(**options)
+        path = local_folder(self.name, url, storage_options, options, known)
+        return XeniumFolder(path).dataset(**options)
 
 
 class XeniumFolder:
