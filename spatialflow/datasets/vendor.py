@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 import h5py
@@ -132,16 +133,20 @@ def _transcripts(layout: XeniumLike, t: int) -> pd.DataFrame:
 
 
 def _counts(
-    layout: XeniumLike, n_cells: int, n_features: int
+    layout: XeniumLike, n_cells: int, n_features: int, sink: Any = None
 ) -> tuple[np.ndarray, list[pd.DataFrame]]:
-    """(n_cells, n_features) int32 counts of transcripts per cell, and every tile's transcripts."""
+    """(n_cells, n_features) int32 counts of transcripts per cell, and every tile's transcripts
+    (or, with ``sink``, each tile handed to ``sink(t, frame)`` and not kept: bounded memory)."""
     counts = np.zeros((n_cells, n_features), dtype=np.int64)
     tiles = []
     for t in range(len(layout.tiles)):
         tx = _transcripts(layout, t)
         inside = tx["cell_id"].to_numpy() >= 0
         np.add.at(counts, (tx["cell_id"].to_numpy()[inside], tx["code"].to_numpy()[inside]), 1)
-        tiles.append(tx)
+        if sink is None:
+            tiles.append(tx)
+        else:
+            sink(t, tx)
     return counts.astype(np.int32), tiles
 
 
@@ -198,7 +203,6 @@ def _write_xenium(layout: XeniumLike, path: Path, version: str) -> Path:
     suffix = np.ones(n, dtype=np.uint32)
     cell_ids = cell_id_strings(prefix, suffix)
     features = layout.genes + list(_CONTROLS)
-    counts, tiles = _counts(layout, n, len(features))
     specs = {
         "major_version": 5 if v2 else 4,
         "run_name": "synthetic_run",
@@ -229,8 +233,11 @@ def _write_xenium(layout: XeniumLike, path: Path, version: str) -> Path:
         schema.append(("codeword_index", pa.int32()))
     writer = pq.ParquetWriter(path / "transcripts.parquet", pa.schema(schema))
     try:
-        for t, tx in enumerate(tiles):
+
+        def sink(t: int, tx: pd.DataFrame) -> None:
             writer.write_table(_xenium_transcripts_table(tx, cells, cell_ids, v2, t, schema))
+
+        counts, _ = _counts(layout, n, len(features), sink)
     finally:
         writer.close()
 
