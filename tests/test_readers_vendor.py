@@ -147,6 +147,7 @@ def test_cli_ingest_one_commit(tmp_path: Path) -> None:
     assert len(snaps) == 2 and snaps[0].metadata["ingest"]["reader"] == "xenium"
 
 
+@pytest.mark.slow
 def test_job_step_ingest(tmp_path: Path, cluster_client: object) -> None:
     from spatialflow.jobs.config import parse_config
     from spatialflow.jobs.runner import run_job

@@ -155,7 +155,7 @@ class _CsvTask:
 
     def __call__(self, block: tuple[int, int, int]) -> pd.DataFrame:
         k, start, end = block
-        frame = read_csv_block(self.file, start, end, self.header, None, list(_XYZ) + ["gene"])
+        frame = read_csv_block(self.file, start, end, self.header, None, [*_XYZ, "gene"])
         offset = int(self.starts[k])
         return self.convert(frame, offset)
 
