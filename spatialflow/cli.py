@@ -131,6 +131,22 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--dst-storage-options", type=_json_object, default=None)
     conv.set_defaults(func=cmd_convert)
 
+    ing = sub.add_parser(
+        "ingest",
+        help="ingest an instrument's output folder (Xenium, MERSCOPE ...) into an Icechunk repository",
+        description="Read PATH with a vendor reader (named, or guessed from its marker files) "
+        "and write every element into REPO in one commit.",
+    )
+    ing.add_argument("path", help="the instrument's output folder")
+    ing.add_argument("repo", help="the Icechunk repository (created if missing)")
+    ing.add_argument("--reader", default=None, help="reader name (default: guessed)")
+    ing.add_argument("--branch", default="main", help="branch to commit to (default main)")
+    ing.add_argument("--message", default=None, help="commit message")
+    ing.add_argument(
+        "--storage-options", type=_json_object, default=None, help="fsspec options of REPO"
+    )
+    ing.set_defaults(func=cmd_ingest)
+
     mc = sub.add_parser(
         "map-coords",
         help="map coordinates between two coordinate systems of an OME-Zarr scene",
@@ -201,6 +217,26 @@ def cmd_convert(args: argparse.Namespace) -> int:
     print(
         f"converted {len(ds)} elements from {args.src} to {args.dst} "
         f"[{args.format}]{done} in {time.perf_counter() - t0:.1f} s"
+    )
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from spatialflow.io.ingest import ingest
+
+    t0 = time.perf_counter()
+    with _progress():
+        snapshot = ingest(
+            args.path,
+            args.repo,
+            reader=args.reader,
+            branch=args.branch,
+            message=args.message,
+            storage_options=args.storage_options,
+        )
+    print(
+        f"ingested {args.path} into {args.repo} (snapshot {snapshot}) "
+        f"in {time.perf_counter() - t0:.1f} s"
     )
     return 0
 

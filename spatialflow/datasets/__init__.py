@@ -6,6 +6,7 @@ vendor output folders for the readers. Everything here is lazy where it can be a
 reproducible from its seed.
 """
 
+from spatialflow.datasets.vendor import write_vendor_sample
 from spatialflow.datasets.xenium import CELL_TYPES, XeniumLike, xenium_like
 
-__all__ = ["CELL_TYPES", "XeniumLike", "xenium_like"]
+__all__ = ["CELL_TYPES", "XeniumLike", "write_vendor_sample", "xenium_like"]

@@ -68,6 +68,11 @@ STEP_FIELDS: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
         "to": (str, True),
         "output": (str, True),
     },
+    # every element of the input (e.g. a vendor folder, inputs.<name>.reader) into the commit
+    "ingest": {
+        "input": (str, True),
+        "prefix": (str, False),
+    },
 }
 AGGS = ("count", "sum", "mean", "min", "max")
 
@@ -77,6 +82,7 @@ class InputConfig:
     url: str
     branch: str = "main"
     snapshot: str | None = None
+    reader: str | None = None  # a reader name (vendor folders); guessed when None
 
 
 @dataclass(frozen=True)
@@ -184,15 +190,17 @@ def _inputs(d: dict[str, Any], where: str) -> dict[str, InputConfig]:
         if isinstance(spec, str):
             spec = {"url": spec}
         spec = _mapping(spec, w)
-        _unknown(spec, {"url", "branch", "snapshot"}, w)
+        _unknown(spec, {"url", "branch", "snapshot", "reader"}, w)
         if not isinstance(spec.get("url"), str) or not spec["url"]:
             raise ConfigError(f"{w}.url: missing or not a string")
-        for key in ("branch", "snapshot"):
+        for key in ("branch", "snapshot", "reader"):
             if key in spec and not isinstance(spec[key], str):
                 raise ConfigError(f"{w}.{key}: expected a string")
         if "branch" in spec and "snapshot" in spec:
             raise ConfigError(f"{w}: give branch or snapshot, not both")
-        out[str(name)] = InputConfig(spec["url"], spec.get("branch", "main"), spec.get("snapshot"))
+        out[str(name)] = InputConfig(
+            spec["url"], spec.get("branch", "main"), spec.get("snapshot"), spec.get("reader")
+        )
     return out
 
 
@@ -238,13 +246,14 @@ def _steps(steps: Any, inputs: dict[str, InputConfig], where: str) -> list[Step]
                     isinstance(v, int | float) and not isinstance(v, bool) for v in params[key]
                 ):
                     raise ConfigError(f"{w}.{key}: expected a list of numbers")
-        try:
-            check_name(params["output"], "output")
-        except SpatialFlowError as e:
-            raise ConfigError(f"{w}.output: {e}") from e
-        if params["output"].casefold() in outputs:
-            raise ConfigError(f"{w}.output: {params['output']!r} is produced twice")
-        outputs.add(params["output"].casefold())
+        if "output" in fields:
+            try:
+                check_name(params["output"], "output")
+            except SpatialFlowError as e:
+                raise ConfigError(f"{w}.output: {e}") from e
+            if params["output"].casefold() in outputs:
+                raise ConfigError(f"{w}.output: {params['output']!r} is produced twice")
+            outputs.add(params["output"].casefold())
         out.append(Step(kind, dict(params)))
     return out
 

@@ -47,6 +47,10 @@ def _input_identity(url: str, branch: str, snapshot: str | None) -> str:
     from spatialflow.io.location import detect_layout, location
 
     loc = location(url)
+    if loc.is_local and not any(loc.exists(m) for m in ("repo", "zarr.json", ".zgroup")):
+        from spatialflow.io.ingest import folder_identity  # a vendor folder
+
+        return folder_identity(loc.path)
     if detect_layout(loc) == "icechunk":
         from spatialflow.io.repository import open_repository
 
@@ -185,12 +189,19 @@ def _transform_step(step: Step, ds: Dataset, elements: Dataset, tables: dict[str
     _put(elements, step.output, transform(_input_element(ds, p["element"]), p["to"]))
 
 
+def _ingest_step(step: Step, ds: Dataset, elements: Dataset, tables: dict[str, Any]) -> None:
+    prefix = step.params.get("prefix", "")
+    for name, el in ds.items():
+        _put(elements, f"{prefix}{name}", el)
+
+
 StepRunner = Callable[[Step, Dataset, Dataset, dict[str, Any]], None]
 # one entry per step kind of jobs/config.py's STEP_FIELDS: (step, input, outputs, lazy tables)
 STEP_RUNNERS: dict[str, StepRunner] = {
     "aggregate": _aggregate_step,
     "query": _query_step,
     "transform": _transform_step,
+    "ingest": _ingest_step,
 }
 
 
@@ -228,7 +239,7 @@ def run_job(
         url = config.resolve(spec.url)
         try:
             ids[name] = _input_identity(url, spec.branch, spec.snapshot)
-            inputs[name] = read(url, branch=spec.branch, snapshot=spec.snapshot)
+            inputs[name] = read(url, spec.reader, branch=spec.branch, snapshot=spec.snapshot)
         except SpatialFlowError as e:
             raise ConfigError(f"inputs.{name}: {e}") from e
     key = run_key(config, ids)

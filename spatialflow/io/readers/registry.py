@@ -20,8 +20,10 @@ from typing import Any
 
 from spatialflow.errors import FormatError
 from spatialflow.io.readers.base import Reader
+from spatialflow.io.readers.merscope import MerscopeReader
 from spatialflow.io.readers.repository import IcechunkReader
 from spatialflow.io.readers.spatialdata import SpatialDataReader
+from spatialflow.io.readers.xenium import XeniumReader
 
 __all__ = [
     "BUILTIN_READERS",
@@ -40,6 +42,8 @@ ENTRY_POINT_GROUP = "spatialflow.readers"
 BUILTIN_READERS: dict[str, type[Reader]] = {
     IcechunkReader.name: IcechunkReader,
     SpatialDataReader.name: SpatialDataReader,
+    XeniumReader.name: XeniumReader,
+    MerscopeReader.name: MerscopeReader,
 }
 
 
