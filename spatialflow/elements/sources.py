@@ -18,6 +18,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 
 __all__ = ["ColumnSource"]
 
@@ -41,6 +42,11 @@ class ColumnSource(ABC):
         if not pieces:
             raise ValueError("read_many: no partitions given")
         return {c: np.concatenate([p[c] for p in pieces]) for c in columns}
+
+    @abstractmethod
+    def read_frame(self, ks: Sequence[int]) -> pd.DataFrame:
+        """Partitions ``ks`` with every column, concatenated, as the element's pandas frame
+        (what the dask partitions would give): for small selections read in one task."""
 
     def rows(self, k: int) -> int | None:
         """Rows of partition ``k`` if known without reading it (else None)."""

@@ -20,7 +20,13 @@ import pyarrow.parquet as pq
 from spatialflow.elements.sources import ColumnSource
 from spatialflow.errors import FormatError
 
-__all__ = ["NativePartitions", "ParquetRowGroups", "arrow_codes"]
+__all__ = [
+    "NativePartitions",
+    "ParquetRowGroups",
+    "arrow_codes",
+    "points_frame",
+    "with_categories",
+]
 
 
 def arrow_codes(
@@ -52,6 +58,33 @@ def arrow_codes(
     if not out:
         return np.empty(0, np.int32)
     return out[0] if len(out) == 1 else np.concatenate(out)
+
+
+def points_frame(
+    table: pa.Table, categories: dict, columns: list[str] | None = None
+) -> pd.DataFrame:
+    """A points parquet table as pandas: dask's index column restored, the dictionary columns
+    with the categories of the whole element."""
+    df = table.to_pandas()
+    if "__null_dask_index__" in df.columns:  # dask's name for an unnamed index
+        df = df.set_index("__null_dask_index__")
+    if df.index.name == "__null_dask_index__":
+        df.index.name = None
+    df = with_categories(df, categories)
+    return df if columns is None else df[columns]
+
+
+def with_categories(df: pd.DataFrame, categories: dict[str, list]) -> pd.DataFrame:
+    """``df`` with each column of ``categories`` a categorical of exactly those categories
+    (a parquet row group's dictionary holds its own subset, in its own order)."""
+    for col, cats in categories.items():
+        if col not in df.columns:
+            continue
+        if isinstance(df[col].dtype, pd.CategoricalDtype):  # remap codes, no strings built
+            df[col] = df[col].cat.set_categories(cats)
+        else:
+            df[col] = pd.Categorical(df[col].astype(object), categories=cats)
+    return df
 
 
 def _numbers(column: pa.ChunkedArray) -> np.ndarray:
@@ -99,15 +132,8 @@ class ParquetRowGroups(ColumnSource):
 
     def read_many(self, ks: Sequence[int], columns: Sequence[str]) -> dict[str, np.ndarray]:
         """Partitions ``ks`` at once, in order: one read per parquet file they fall in."""
-        runs: list[tuple[str, list[int]]] = []
-        for k in ks:
-            path, rg = self.groups[k]
-            if runs and runs[-1][0] == path:
-                runs[-1][1].append(rg)
-            else:
-                runs.append((path, [rg]))
         tables = []
-        for path, rgs in runs:
+        for path, rgs in self._runs(ks):
             try:
                 tables.append(self._open(path).read_row_groups(rgs, columns=list(columns)))
             except (OSError, pa.ArrowException, ValueError) as e:
@@ -122,6 +148,37 @@ class ParquetRowGroups(ColumnSource):
             else _numbers(table.column(name))
             for name in columns
         }
+
+    def read_frame(self, ks: Sequence[int]) -> pd.DataFrame:
+        """Partitions ``ks`` with every column, as the element's pandas frame; the files are
+        read in parallel (pyarrow releases the GIL)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        runs = self._runs(ks)
+
+        def one(run: tuple[str, list[int]]) -> pa.Table:
+            path, rgs = run
+            try:
+                return self._open(path).read_row_groups(rgs)
+            except (OSError, pa.ArrowException, ValueError) as e:
+                raise FormatError(f"{path} (row groups {rgs}): cannot read ({e})") from e
+
+        if len(runs) == 1:
+            tables = [one(runs[0])]
+        else:
+            with ThreadPoolExecutor(min(8, len(runs))) as pool:
+                tables = list(pool.map(one, runs))
+        return points_frame(pa.concat_tables(tables), self.categories)
+
+    def _runs(self, ks: Sequence[int]) -> list[tuple[str, list[int]]]:
+        runs: list[tuple[str, list[int]]] = []
+        for k in ks:
+            path, rg = self.groups[k]
+            if runs and runs[-1][0] == path:
+                runs[-1][1].append(rg)
+            else:
+                runs.append((path, [rg]))
+        return runs
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -175,3 +232,11 @@ class NativePartitions(ColumnSource):
                 f"{where}: a stored array is missing ({e}); the store is damaged"
             ) from e
         return out
+
+    def read_frame(self, ks: Sequence[int]) -> pd.DataFrame:
+        from spatialflow.io.native import read_frame_partition
+
+        frames = [
+            read_frame_partition(self.store, self.parts_path, k, self.schema, None) for k in ks
+        ]
+        return pd.concat(frames) if len(frames) > 1 else frames[0]

@@ -48,7 +48,7 @@ from spatialflow.elements.raster import Image, Labels, RasterElement
 from spatialflow.elements.shapes import Shapes
 from spatialflow.elements.table import Table
 from spatialflow.errors import FormatError, SpatialFlowError
-from spatialflow.io.columns import ParquetRowGroups
+from spatialflow.io.columns import ParquetRowGroups, points_frame, with_categories
 from spatialflow.io.location import Location
 from spatialflow.io.native import exact_dtypes
 from spatialflow.io.sdtransforms import read_transforms
@@ -312,7 +312,7 @@ def _read_parquet_row_group(
             table = pq.ParquetFile(f).read_row_group(rg, columns=read_cols)
     except (OSError, pa.ArrowException, ValueError) as e:
         raise _unreadable(f"{path} (row group {rg})", e, fs) from e
-    return _points_frame(table, categories, columns)
+    return points_frame(table, categories, columns)
 
 
 def _row_groups(
@@ -341,33 +341,6 @@ def _row_groups(
     if not out:  # an empty element: one empty partition
         out.append((files[0], 0, np.full(2 * len(axes), np.nan)))
     return out
-
-
-def _points_frame(
-    table: pa.Table, categories: dict, columns: list[str] | None = None
-) -> pd.DataFrame:
-    """A points parquet table as pandas: dask's index column restored, the dictionary columns
-    with the categories of the whole element."""
-    df = table.to_pandas()
-    if "__null_dask_index__" in df.columns:  # dask's name for an unnamed index
-        df = df.set_index("__null_dask_index__")
-    if df.index.name == "__null_dask_index__":
-        df.index.name = None
-    df = with_categories(df, categories)
-    return df if columns is None else df[columns]
-
-
-def with_categories(df: pd.DataFrame, categories: dict[str, list]) -> pd.DataFrame:
-    """``df`` with each column of ``categories`` a categorical of exactly those categories
-    (a parquet row group's dictionary holds its own subset, in its own order)."""
-    for col, cats in categories.items():
-        if col not in df.columns:
-            continue
-        if isinstance(df[col].dtype, pd.CategoricalDtype):  # remap codes, no strings built
-            df[col] = df[col].cat.set_categories(cats)
-        else:
-            df[col] = pd.Categorical(df[col].astype(object), categories=cats)
-    return df
 
 
 def _check_version(attrs: dict[str, Any], known: tuple[str, ...], what: str, where: str) -> str:
@@ -402,7 +375,7 @@ def _read_points(loc: Location, path: str, group: zarr.Group, where: str) -> Poi
     categories = _stored_categories(attrs, dict_cols)
     missing = [c for c in dict_cols if c not in categories]
     categories.update(_dictionary_values(loc.fs, files, missing))
-    meta = _points_frame(schema.empty_table(), categories)  # from the footer: no row read
+    meta = points_frame(schema.empty_table(), categories)  # from the footer: no row read
     _check_point_columns(meta, where)
     axes = ("x", "y", "z") if "z" in meta.columns else ("x", "y")
     groups = _row_groups(loc.fs, files, axes)

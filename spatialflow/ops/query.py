@@ -8,7 +8,10 @@ elements left empty are dropped. Results are lazy:
   list is pruned when the plan is built); the others are filtered per partition, keeping their
   partitioning. A point is kept when it is strictly inside the box (as in spatialdata) or
   inside the polygon, tested in the target coordinate system. ``features`` keeps only rows whose
-  feature is listed, pushed into the reader.
+  feature is listed, pushed into the reader. A small selection of stored points (at most
+  SMALL_QUERY_PARTITIONS row groups) becomes one partition read by one task straight through
+  the element's column source, its row groups read in parallel: a result of a few thousand
+  points then costs a handful of reads, not a graph of one task per row group.
 * **shapes**: kept when they intersect the query; circles are tested as disks (spatialdata tests
   their centres), exactly, in the shapes' own space.
 * **images/labels**: cropped to the pixels whose extent meets the query's bounding box in
@@ -25,6 +28,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import dask
+import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 import shapely
@@ -34,6 +39,7 @@ from spatialflow.elements.base import Element
 from spatialflow.elements.points import Points
 from spatialflow.elements.raster import Image, Labels, RasterElement
 from spatialflow.elements.shapes import Shapes
+from spatialflow.elements.sources import ColumnSource
 from spatialflow.elements.table import Table
 from spatialflow.errors import SpatialFlowError, TransformError, ValidationError
 from spatialflow.plan.nodes import Read
@@ -42,6 +48,10 @@ from spatialflow.transforms.base import Transform, Translation
 from spatialflow.transforms.composite import Sequence as Chain
 
 __all__ = ["QueryError", "bounding_box_query", "polygon_query"]
+
+
+# a query selecting at most this many stored partitions (row groups) is read in one task
+SMALL_QUERY_PARTITIONS = 64
 
 
 class QueryError(ValidationError):
@@ -207,10 +217,8 @@ def _points(
     parts = read.partitions() or []
     if not parts:
         return None
-    data = el.data if len(parts) == el.npartitions else el.data.partitions[parts]
     m = t.to_affine_matrix(el.axes, el.axes)
-    data = data.map_partitions(
-        _select_points,
+    select = (
         el.axes,
         m,
         geom if not strict_box else None,
@@ -218,8 +226,27 @@ def _points(
         z,
         el.feature_key,
         None if feats is None else list(feats),
-        meta=data._meta,
     )
+    if el.source is not None and len(parts) <= SMALL_QUERY_PARTITIONS:
+        # a small selection: one task reads its row groups straight (in parallel) and
+        # filters them; no graph per partition to build, optimize and schedule
+        data = dd.from_delayed(
+            [dask.delayed(_read_and_select)(el.source, parts, select)],
+            meta=el.data._meta,
+            verify_meta=False,
+        )
+        bounds = None if el.partition_bounds is None else _union(el.partition_bounds[parts])
+        out = Points(
+            data,
+            feature_key=el.feature_key,
+            instance_key=el.instance_key,
+            transforms=dict(el.transforms),
+            partition_bounds=bounds,
+        )
+        out.plan = read  # type: ignore[attr-defined]
+        return out
+    data = el.data if len(parts) == el.npartitions else el.data.partitions[parts]
+    data = data.map_partitions(_select_points, *select, meta=data._meta)
     bounds = None if el.partition_bounds is None else el.partition_bounds[parts]
     out = Points(
         data,
@@ -230,6 +257,18 @@ def _points(
     )
     out.plan = read  # type: ignore[attr-defined]
     return out
+
+
+def _read_and_select(source: ColumnSource, parts: list[int], select: tuple) -> pd.DataFrame:
+    return _select_points(source.read_frame(parts), *select)
+
+
+def _union(bounds: np.ndarray) -> np.ndarray:
+    d = bounds.shape[1] // 2
+    ok = ~np.isnan(bounds).any(axis=1)
+    if not ok.any():
+        return np.full((1, 2 * d), np.nan)
+    return np.r_[bounds[ok, :d].min(axis=0), bounds[ok, d:].max(axis=0)][None, :]
 
 
 def _select_points(
