@@ -3,6 +3,7 @@ reference, partition invariance, and bad input."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import geopandas as gpd
@@ -228,7 +229,7 @@ def test_matches_an_independent_shapely_reference() -> None:
                 - shapely.buffer(geom, a, quad_segs=16).area
                 if a != 0
                 else shapely.buffer(geom, b, quad_segs=16).area - geom.area
-                for a, b in zip(edges[:-1], edges[1:], strict=True)
+                for a, b in itertools.pairwise(edges)
             ]
             areas = np.maximum(areas, 0)
             rows = out[(out["contour"] == ids[g]) & (out["category"] == cat)]
