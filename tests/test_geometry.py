@@ -225,18 +225,6 @@ def test_rasterize_edge_centre_difference_is_documented() -> None:
     np.testing.assert_array_equal(ref, [[0, 1, 1, 1], [0, 1, 1, 1]])
 
 
-def test_rasterize_on_a_cluster(cluster_client: object) -> None:
-    rng = np.random.default_rng(4)
-    df = pd.DataFrame({"x": rng.uniform(0, 80, 5000), "y": rng.uniform(0, 60, 5000)})
-    ours = sf.Points(df, transforms={"global": sf.Affine(AFF, ("x", "y"), ("x", "y"))},
-                     rows_per_partition=1000)  # fmt: skip
-    img = sf.rasterize(ours, chunk=32, **_grid_kw())
-    direct = sf.rasterize(ours, chunk=10_000, **_grid_kw()).scale(0).values
-    got = img.scale(0).data.compute()
-    np.testing.assert_array_equal(got, direct)
-    assert got.sum() > 1000
-
-
 # --- to_circles ----------------------------------------------------------------------------------
 def test_to_circles_equals_spatialdata() -> None:
     sd = _sd()

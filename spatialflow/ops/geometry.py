@@ -63,7 +63,12 @@ from spatialflow.elements.points import Points
 from spatialflow.elements.raster import Image, Labels, RasterElement
 from spatialflow.elements.shapes import Shapes
 from spatialflow.errors import PlanError, TransformError
-from spatialflow.kernels.polygons import affine_polygons, flatten_polygons, rasterize_polygons
+from spatialflow.kernels.polygons import (
+    affine_polygons,
+    flatten_polygons,
+    rasterize_polygons,
+    to_shapely,
+)
 from spatialflow.plan.density import tree_reduce
 from spatialflow.transforms.apply import (
     box_image,
@@ -208,27 +213,22 @@ def _paint(prep: tuple, tile: tuple, mode: str) -> np.ndarray:
         sub = _subset(polys, order)
         return rasterize_polygons(shape, j0, i0, 1.0, sub, values[order], np.float64)[None]
     out = np.zeros(shape)
-    for g in ids:  # overlapping shapes add up: one mask per shape, over its own window
+    single = [flatten_polygons(np.array([g], dtype=object)) for g in to_shapely(polys)[ids]]
+    for g, one in zip(ids, single, strict=True):  # overlaps add up: one mask per shape
         bi0 = max(i0, math.floor(b[g, 1] - 1))
         bi1 = min(i1, math.ceil(b[g, 3] + 1))
         bj0 = max(j0, math.floor(b[g, 0] - 1))
         bj1 = min(j1, math.ceil(b[g, 2] + 1))
         if bi1 <= bi0 or bj1 <= bj0:
             continue
-        mask = rasterize_polygons(
-            (bi1 - bi0, bj1 - bj0), bj0, bi0, 1.0, _subset(polys, [g]), np.ones(1), np.uint8
-        )
+        mask = rasterize_polygons((bi1 - bi0, bj1 - bj0), bj0, bi0, 1.0, one, np.ones(1), np.uint8)
         out[bi0 - i0 : bi1 - i0, bj0 - j0 : bj1 - j0] += mask * values[g]
     return out[None]
 
 
 def _subset(polys: Any, ids: Any) -> Any:
-    geoms = shapely.from_ragged_array(
-        shapely.GeometryType.MULTIPOLYGON,
-        polys.coords,
-        (polys.ring_offsets, polys.part_ring_offsets, polys.geom_part_offsets),
-    )
-    return flatten_polygons(np.asarray(geoms, dtype=object)[np.asarray(ids, dtype=np.int64)])
+    """The geometries ``ids`` of ragged ``polys`` (in that order), as ragged arrays again."""
+    return flatten_polygons(to_shapely(polys)[np.asarray(ids, dtype=np.int64)])
 
 
 def _pick(partial: dict, k: int, shape: tuple) -> np.ndarray:
