@@ -128,8 +128,8 @@ def test_smooth_zero_measure_gives_nan() -> None:
     assert math.isnan(first["density"])
 
 
-# --- partition invariance, on the real cluster ---------------------------------------------
-def test_one_and_eight_partitions_identical(cluster_client: object) -> None:
+# --- partition invariance, and the real cluster ---------------------------------------------
+def test_one_and_eight_partitions_identical() -> None:
     n = 60_000
     contours = [_disk(60), shapely.box(80, -40, 150, 40)]
     one = _ds(_uniform(n, 150, seed=3, parts=1), contours)
@@ -144,6 +144,15 @@ def test_one_and_eight_partitions_identical(cluster_client: object) -> None:
         pd.testing.assert_frame_equal(a, b, check_exact=True)
         assert set(a["category"].cat.categories) == {"a", "b", "c"}
         assert len(a) == 2 * 3 * (len(a) // 6) and a["density"].notna().any()
+
+
+def test_runs_on_a_cluster(cluster_client: object) -> None:
+    ds = _ds(_uniform(20_000, 150, seed=4, parts=4), [_disk(60)])
+    lazy = sf.smooth_density(ds, "tx", "tumor", bandwidth=3.0, inward=20, outward=20)
+    on_cluster = lazy.compute()
+    local = lazy.compute(scheduler="sync")
+    pd.testing.assert_frame_equal(on_cluster, local, check_exact=True)
+    assert on_cluster["count_density"].sum() > 0
 
 
 # --- an independent reference ---------------------------------------------------------------
