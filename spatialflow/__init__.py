@@ -56,6 +56,8 @@ _EXPORTS: dict[str, str] = {
     "aggregate": "spatialflow.ops.aggregate",
     **dict.fromkeys(["bounding_box_query", "polygon_query"], "spatialflow.ops.query"),
     "read": "spatialflow.io",
+    **dict.fromkeys(["ring_density", "smooth_density"], "spatialflow.ops.density"),
+    **dict.fromkeys(["rasterize", "to_circles", "get_extent"], "spatialflow.ops.geometry"),
     **dict.fromkeys(["from_spatialdata", "to_spatialdata"], "spatialflow.io.convert"),
 }
 _SUBMODULES = {"datasets", "transforms", "elements", "errors", "kernels", "ops", "io", "jobs"}
@@ -97,6 +99,11 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from spatialflow.io.convert import from_spatialdata as from_spatialdata
     from spatialflow.io.convert import to_spatialdata as to_spatialdata
     from spatialflow.ops.aggregate import aggregate as aggregate
+    from spatialflow.ops.density import ring_density as ring_density
+    from spatialflow.ops.density import smooth_density as smooth_density
+    from spatialflow.ops.geometry import get_extent as get_extent
+    from spatialflow.ops.geometry import rasterize as rasterize
+    from spatialflow.ops.geometry import to_circles as to_circles
     from spatialflow.ops.query import bounding_box_query as bounding_box_query
     from spatialflow.ops.query import polygon_query as polygon_query
     from spatialflow.ops.transform import transform as transform
