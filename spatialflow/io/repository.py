@@ -159,13 +159,18 @@ def _read_frame(store: Any, path: str, attrs: dict[str, Any], kind: str, where: 
     ddf, bounds = read_native_frame(store, path, attrs, where)
     if kind == "points":
         sd = attrs.get("spatialdata_attrs", {})
-        return Points(
+        el = Points(
             ddf,
             feature_key=sd.get("feature_key"),
             instance_key=sd.get("instance_key"),
             transforms=transforms,
             partition_bounds=bounds,
         )
+        if "points_index" in attrs:  # a multiscale index (io/points_index.py)
+            from spatialflow.io.points_index import read_native_index
+
+            el.index = read_native_index(store, path, attrs, el, where)
+        return el
     return Shapes(ddf, transforms=transforms, partition_bounds=bounds)
 
 

@@ -264,7 +264,9 @@ def build_index(el: Points, *, limit: int, seed: int, row_group_rows: int, name:
     d = len(el.axes)
     lo, hi = (float(b[0]), float(b[1])), (float(b[d]), float(b[d + 1]))
     # the extent's upper bound is exclusive: widen it by a few ULPs so the maxima fall inside
-    hi = tuple(h + max(1e-9, 4 * math.ulp(max(abs(h), abs(a)))) for h, a in zip(hi, lo))
+    hi = tuple(
+        h + max(1e-9, 4 * math.ulp(max(abs(h), abs(a)))) for h, a in zip(hi, lo, strict=True)
+    )
     fk = el.feature_key
     cats = el.feature_categories
     n_codes = max(1, len(cats))
