@@ -55,6 +55,7 @@ _EXPORTS: dict[str, str] = {
     "transform": "spatialflow.ops.transform",
     "aggregate": "spatialflow.ops.aggregate",
     **dict.fromkeys(["bounding_box_query", "polygon_query"], "spatialflow.ops.query"),
+    **dict.fromkeys(["index_points", "viewport_query"], "spatialflow.ops.index"),
     "read": "spatialflow.io",
     **dict.fromkeys(["from_spatialdata", "to_spatialdata"], "spatialflow.io.convert"),
 }
@@ -97,6 +98,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from spatialflow.io.convert import from_spatialdata as from_spatialdata
     from spatialflow.io.convert import to_spatialdata as to_spatialdata
     from spatialflow.ops.aggregate import aggregate as aggregate
+    from spatialflow.ops.index import index_points as index_points
+    from spatialflow.ops.index import viewport_query as viewport_query
     from spatialflow.ops.query import bounding_box_query as bounding_box_query
     from spatialflow.ops.query import polygon_query as polygon_query
     from spatialflow.ops.transform import transform as transform

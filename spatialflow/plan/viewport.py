@@ -53,7 +53,8 @@ class ViewportPlan:
             f"features: {'all' if self.codes is None else len(self.codes)}",
             f"copy: {self.copy}, units read: {len(self.units)} of {self.n_units} "
             f"({self.rows} rows)",
-            "execution: " + ("direct (thread pool)" if self.direct else "dask, one task a unit"),
+            "execution: "
+            + ("direct (thread pool) if stored" if self.direct else "dask, one task a unit"),
         ]
 
     @property
@@ -115,19 +116,23 @@ class LazyViewport:
         return text
 
     def _read(self, i: int) -> pd.DataFrame:
-        if self._copy is not None:
-            part = self._copy.read(int(i))
-        else:
-            import dask
-
-            (part,) = dask.compute(self.element.data.partitions[int(i)], scheduler="threads")
-        return _filter(part, self.plan, self.element.feature_key)
+        assert self._copy is not None
+        return _filter(self._copy.read(int(i)), self.plan, self.element.feature_key)
 
     def compute(self, **kwargs: Any) -> pd.DataFrame:
         """Read the planned units, filter them and return one DataFrame with a level column."""
         units = [int(i) for i in self.plan.units]
+        fk = self.element.feature_key
+        lazy = self._copy is None or self._copy.reader is None
         if not units:
             parts = []
+        elif lazy:  # rows not stored yet (or a scan): one graph, shared shuffle tasks
+            import dask
+
+            data = self.element.data if self._copy is None else self._copy.data
+            blocks = data.to_delayed()
+            tasks = [dask.delayed(_filter)(blocks[i], self.plan, fk) for i in units]
+            parts = list(dask.compute(*tasks, **kwargs))
         elif self.plan.direct:
             with ThreadPoolExecutor(min(_THREADS, len(units))) as pool:
                 parts = list(pool.map(self._read, units))
