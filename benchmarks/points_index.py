@@ -90,7 +90,11 @@ def measure(fn: Any, reps: int = 3) -> dict[str, Any]:
         rows = len(fn())
         times.append(time.perf_counter() - t0)
         nbytes.append(rchar() - r0)
-    return {"ms": round(1000 * statistics.median(times), 2), "bytes": int(min(nbytes)), "rows": rows}
+    return {
+        "ms": round(1000 * statistics.median(times), 2),
+        "bytes": int(min(nbytes)),
+        "rows": rows,
+    }
 
 
 def main() -> None:
@@ -207,9 +211,10 @@ def main() -> None:
     res["Q1"]["index_bytes_over_gene_share"] = round(
         res["Q1"]["index"]["bytes"] / max(1, gene_share * full["bytes"]), 3
     )
-    index_meta = footer_size(ix_store / "points" / "tx") + (
-        ix_store / "points" / "tx" / "zarr.json"
-    ).stat().st_size
+    index_meta = (
+        footer_size(ix_store / "points" / "tx")
+        + (ix_store / "points" / "tx" / "zarr.json").stat().st_size
+    )
     summary = {
         "benchmark": "points_index",
         "points": n,

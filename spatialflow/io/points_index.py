@@ -175,17 +175,26 @@ def restore_index(
 
 
 def parquet_readers(
-    fs: Any,
-    groups: list[tuple[str, int, Any]],
-    categories: dict,
-    read_row_group: Callable[..., pd.DataFrame],
+    fs: Any, groups: list[tuple[str, int, Any]], categories: dict
 ) -> Callable[[int], pd.DataFrame]:
-    """A reader of unit i = row group ``groups[i]`` (no Dask)."""
+    """A reader of unit i = row group ``groups[i]`` (no Dask). Each file's footer is read
+    once and kept, so a query reads the row groups it needs and nothing else."""
+    from spatialflow.io.sdformat import _points_frame, _unreadable
+
     table = [(f, rg) for f, rg, _ in groups]
+    footers: dict[str, Any] = {}
 
     def read(i: int) -> pd.DataFrame:
         f, rg = table[i]
-        return read_row_group(fs, f, rg, categories)
+        try:
+            md = footers.get(f)
+            with fs.open(f, "rb") as fh:
+                pf = pq.ParquetFile(fh, metadata=md)
+                footers[f] = pf.metadata
+                data = pf.read_row_group(rg)
+        except (OSError, pa.ArrowException, ValueError) as e:
+            raise _unreadable(f"{f} (row group {rg})", e, fs) from e
+        return _points_frame(data, categories)
 
     return read
 
@@ -216,7 +225,7 @@ def read_sd_index(
 
     from spatialflow.io.sdformat import _parts, _read_parquet_row_group, _row_groups
 
-    reader = parquet_readers(loc.fs, groups, categories, _read_parquet_row_group)
+    reader = parquet_readers(loc.fs, groups, categories)
     by_feature = None
     directory = loc.join(path, FEATURE_DIR)
     if (
@@ -242,7 +251,7 @@ def read_sd_index(
         by_feature = (
             data,
             bounds,
-            parquet_readers(loc.fs, fgroups, categories, _read_parquet_row_group),
+            parquet_readers(loc.fs, fgroups, categories),
         )
     return restore_index(meta, where, el, reader, by_feature)
 

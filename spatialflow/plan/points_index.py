@@ -194,30 +194,51 @@ def _deinterleave(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ix, iy
 
 
+def _quadtree_runs(bins: np.ndarray, cum: np.ndarray, a: int, b: int, depth: int, cap: int) -> list:
+    """Runs [start, end) of bins (one level, sorted) cut along the quadtree: a node of at
+    most ``cap`` points is one run; a larger one is split in its four children, and
+    consecutive runs inside one node are merged back while they stay within ``cap``."""
+    rows = int(cum[b] - cum[a])
+    levels_left = (32 - COARSE_SHIFT) // 2 - depth
+    if rows <= cap or levels_left <= 0 or b - a <= 1:
+        return [(a, b, rows)]
+    shift = np.uint64(2 * (levels_left - 1))
+    child = (bins[a:b] >> shift) & np.uint64(3)
+    edges = [a + int(np.searchsorted(child, c, side="left")) for c in range(4)] + [b]
+    runs: list[tuple[int, int, int]] = []
+    for c in range(4):
+        if edges[c + 1] > edges[c]:
+            runs.extend(_quadtree_runs(bins, cum, edges[c], edges[c + 1], depth + 1, cap))
+    merged: list[tuple[int, int, int]] = []
+    for run in runs:
+        if merged and merged[-1][2] + run[2] <= cap:
+            merged[-1] = (merged[-1][0], run[1], merged[-1][2] + run[2])
+        else:
+            merged.append(run)
+    return merged
+
+
 def _spatial_cuts(
     bins: np.ndarray, counts: np.ndarray, cap: int, lo: tuple, hi: tuple
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Output partitions of the spatial-first order: start bin, level, rows, box of each."""
+    """Output partitions of the spatial-first order: start bin, level, rows, box of each.
+    Partitions follow the quadtree of each level (so each covers a compact square-ish area)
+    and never mix levels."""
     level_of = (bins >> np.uint64(32 - COARSE_SHIFT)).astype(np.int64)
-    starts, rows, first = [], [], []
-    cur = 0
-    for i in range(len(bins)):
-        if i == 0 or level_of[i] != level_of[i - 1] or (cur and cur + counts[i] > cap):
-            starts.append(bins[i])
-            first.append(i)
-            rows.append(0)
-            cur = 0
-        cur += int(counts[i])
-        rows[-1] += int(counts[i])
-    first.append(len(bins))
+    cum = np.concatenate([[0], np.cumsum(counts)])
+    runs: list[tuple[int, int, int]] = []
+    level_edges = np.flatnonzero(np.diff(level_of)) + 1
+    for a, b in zip(
+        np.concatenate([[0], level_edges]), np.concatenate([level_edges, [len(bins)]]), strict=True
+    ):
+        runs.extend(_quadtree_runs(bins, cum, int(a), int(b), 0, cap))
     # conservative boxes: the union of the coarse cells of each partition
     mask = np.uint64((1 << (32 - COARSE_SHIFT)) - 1)
     cx, cy = _deinterleave(bins & mask)
     side = 2 ** (COARSE_SHIFT // 2)
     span = np.array([hi[0] - lo[0], hi[1] - lo[1]], dtype=np.float64) / 2**BITS
-    boxes = np.empty((len(starts), 4))
-    for k in range(len(starts)):
-        a, b = first[k], first[k + 1]
+    boxes = np.empty((len(runs), 4))
+    for k, (a, b, _) in enumerate(runs):
         x0, x1 = cx[a:b].min() * side, (cx[a:b].max() + 1) * side
         y0, y1 = cy[a:b].min() * side, (cy[a:b].max() + 1) * side
         boxes[k] = [
@@ -226,8 +247,9 @@ def _spatial_cuts(
             lo[0] + x1 * span[0],
             lo[1] + y1 * span[1],
         ]
-    levels = level_of[np.array(first[:-1], dtype=np.int64)] if starts else np.empty(0, np.int64)
-    return np.array(starts, dtype=np.uint64), levels, np.array(rows, np.int64), boxes
+    starts = np.array([bins[a] for a, _, _ in runs], dtype=np.uint64)
+    levels = np.array([level_of[a] for a, _, _ in runs], dtype=np.int64)
+    return starts, levels, np.array([r for _, _, r in runs], np.int64), boxes
 
 
 def _feature_cuts(by_feature: np.ndarray, cap: int) -> tuple[np.ndarray, list[list[int]]]:
