@@ -103,7 +103,7 @@ def main() -> None:
     ap.add_argument("--genes", type=int, default=1000)
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--limit", type=int, default=10_000)
-    ap.add_argument("--row-group-rows", type=int, default=1 << 16)
+    ap.add_argument("--row-group-rows", type=int, default=1 << 13)
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
     n = int(args.points * args.scale)

@@ -250,6 +250,7 @@ def test_native_layout_round_trip(indexed, tmp_path):
     _check_queries(back, table, np.random.default_rng(2), n=8)
 
 
+@pytest.mark.slow  # fresh worker processes load numba and the stack: ~1-2 min on 2 busy cores
 def test_job_step_builds_on_a_cluster_and_commits(source, tmp_path, cluster_client):
     from spatialflow.jobs.config import parse_config
     from spatialflow.jobs.runner import run_job

@@ -34,7 +34,7 @@ from spatialflow.transforms import get_transformation_between
 
 __all__ = ["DEFAULT_ROW_GROUP_ROWS", "index_points", "viewport_query"]
 
-DEFAULT_ROW_GROUP_ROWS = 1 << 16
+DEFAULT_ROW_GROUP_ROWS = 1 << 13  # chosen by benchmarks/points_index.py (see its docstring)
 
 
 def _points(ds: Dataset, name: str, what: str) -> Points:
