@@ -117,15 +117,23 @@ def _split(
     df["__key"], df["__hash"] = key, h
     out: dict[tuple[str, int], pd.DataFrame] = {}
     which = np.searchsorted(s_starts, key >> np.uint64(COARSE_SHIFT), side="right") - 1
-    for j in np.unique(which):
-        out[("s", int(j))] = df[which == j]
+    _pieces(df, which, "s", out)
     if f_starts is not None:
         fkey = _codes(df, fk).astype(np.int64) * MAX_LEVELS + lv
         which = np.searchsorted(f_starts, fkey, side="right") - 1
         df["__fkey"] = fkey
-        for j in np.unique(which):
-            out[("f", int(j))] = df[which == j]
+        _pieces(df, which, "f", out)
     return out
+
+
+def _pieces(df: pd.DataFrame, which: np.ndarray, order: str, out: dict) -> None:
+    """Rows of ``df`` grouped by output partition (one stable sort, then slices)."""
+    perm = np.argsort(which, kind="stable")
+    sorted_which = which[perm]
+    uniq, first = np.unique(sorted_which, return_index=True)
+    ends = np.append(first[1:], len(perm))
+    for j, a, b in zip(uniq, first, ends, strict=True):
+        out[(order, int(j))] = df.iloc[perm[a:b]]
 
 
 def _assemble(order: str, meta: pd.DataFrame, *pieces: pd.DataFrame) -> pd.DataFrame:
