@@ -55,6 +55,7 @@ _EXPORTS: dict[str, str] = {
     "transform": "spatialflow.ops.transform",
     "aggregate": "spatialflow.ops.aggregate",
     **dict.fromkeys(["bounding_box_query", "polygon_query"], "spatialflow.ops.query"),
+    **dict.fromkeys(["index_points", "viewport_query"], "spatialflow.ops.index"),
     "read": "spatialflow.io",
     **dict.fromkeys(["ring_density", "smooth_density"], "spatialflow.ops.density"),
     **dict.fromkeys(["rasterize", "to_circles", "get_extent"], "spatialflow.ops.geometry"),
@@ -104,6 +105,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from spatialflow.ops.geometry import get_extent as get_extent
     from spatialflow.ops.geometry import rasterize as rasterize
     from spatialflow.ops.geometry import to_circles as to_circles
+    from spatialflow.ops.index import index_points as index_points
+    from spatialflow.ops.index import viewport_query as viewport_query
     from spatialflow.ops.query import bounding_box_query as bounding_box_query
     from spatialflow.ops.query import polygon_query as polygon_query
     from spatialflow.ops.transform import transform as transform

@@ -20,6 +20,7 @@ from spatialflow.elements.partitioned import (
     PartitionedElement,
     split_frame,
 )
+from spatialflow.elements.points_index import PointsIndex
 from spatialflow.elements.sources import ColumnSource
 from spatialflow.transforms.base import Transform
 
@@ -41,10 +42,13 @@ class Points(PartitionedElement):
         rows_per_partition: int = DEFAULT_ROWS_PER_PARTITION,
         spatial_sort: bool = True,
         source: ColumnSource | None = None,
+        index: PointsIndex | None = None,
     ) -> None:
         super().__init__(transforms=transforms, name=name)
         self.feature_key = feature_key
         self.instance_key = instance_key
+        # the multiscale index (sf.index_points); operations that change the rows drop it
+        self.index: PointsIndex | None = index
         if not isinstance(data, pd.DataFrame | dd.DataFrame):
             raise self.error(
                 "data", f"expected a pandas or dask DataFrame, got {type(data).__name__}"
@@ -159,7 +163,8 @@ class Points(PartitionedElement):
             if self.feature_key
             else ""
         )
-        return f"{self.npartitions} partitions, columns [{cols}]{feat}"
+        idx = f", indexed ({self.index.n_levels} levels)" if self.index is not None else ""
+        return f"{self.npartitions} partitions, columns [{cols}]{feat}{idx}"
 
 
 def _identity(part: pd.DataFrame) -> pd.DataFrame:

@@ -157,7 +157,16 @@ def plan_writes(
                 group = kind_group.create_group(name)
                 parts = f"parts-{uuid.uuid4().hex[:12]}"  # new paths: see io/native.py
                 group.create_group(parts)
-                pending.append(("frame", (path, parts, el, _frame_group(group, el, path))))
+                schema_geometry = _frame_group(group, el, path)
+                pending.append(("frame", (path, parts, el.data, schema_geometry, el.axes)))
+                if isinstance(el, Points) and el.index is not None and el.index.by_feature:
+                    # the index's feature-first copy: a second partition table (io/points_index.py)
+                    fparts = f"feature-parts-{uuid.uuid4().hex[:12]}"
+                    group.create_group(fparts)
+                    copy = el.index.by_feature.data
+                    pending.append(
+                        ("frame", (f"{path}#by_feature", fparts, copy, schema_geometry, el.axes))
+                    )
     if prepare is not None:
         prepare(root)
     fork = session.fork()
@@ -169,14 +178,14 @@ def plan_writes(
             for k, (src, _) in enumerate(pairs):
                 plan.tasks.extend(_raster_tasks(fork, f"{path}/s{k}", src))
         else:
-            path, parts_group, el, (schema, geometry) = payload
-            parts = el.data.to_delayed()
+            path, parts_group, data, (schema, geometry), axes = payload
+            parts = data.to_delayed()
             plan.frames.append((path, parts_group, len(parts)))
-            target = f"{path}/{parts_group}"
+            target = f"{path.partition('#')[0]}/{parts_group}"
             for k, part in enumerate(parts):
                 plan.tasks.append(
                     dask.delayed(_write_partition)(
-                        fork, target, path, k, part, schema, geometry, el.axes
+                        fork, target, path, k, part, schema, geometry, axes
                     )
                 )
     return plan
@@ -197,6 +206,8 @@ def _frame_group(group: zarr.Group, el: Points | Shapes, path: str) -> tuple[dic
             if v
         }
         extra = {"spatialdata_attrs": sd}
+        if el.index is not None:
+            extra["points_index"] = el.index.attrs()
     kind = "shapes" if isinstance(el, Shapes) else "points"
     group.attrs.update(native_attrs(kind, el.axes, el.transforms, schema, extra))
     return schema, geometry
@@ -230,7 +241,8 @@ def _record_partitions(session: Any, plan: WritePlan, metas: list[dict]) -> None
             "rows": [m["rows"] for m in got],
             "bounds": [m["bounds"] for m in got],
         }
-        root[path].attrs.update({"partitions": table})
+        node, _, copy = path.partition("#")  # "<path>#by_feature": an index copy's table
+        root[node].attrs.update({f"{copy}_partitions" if copy else "partitions": table})
 
 
 def _write_tables(

@@ -166,7 +166,7 @@ def _read_frame(store: Any, path: str, attrs: dict[str, Any], kind: str, where: 
             if parts["rows"]
             else None
         )
-        return Points(
+        el = Points(
             ddf,
             feature_key=sd.get("feature_key"),
             instance_key=sd.get("instance_key"),
@@ -174,6 +174,11 @@ def _read_frame(store: Any, path: str, attrs: dict[str, Any], kind: str, where: 
             partition_bounds=bounds,
             source=source,
         )
+        if "points_index" in attrs:  # a multiscale index (io/points_index.py)
+            from spatialflow.io.points_index import read_native_index
+
+            el.index = read_native_index(store, path, attrs, el, where)
+        return el
     return Shapes(ddf, transforms=transforms, partition_bounds=bounds)
 
 

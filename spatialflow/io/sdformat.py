@@ -390,7 +390,7 @@ def _read_points(loc: Location, path: str, group: zarr.Group, where: str) -> Poi
         label="read-points-parquet",
     )
     bounds = [b for _, _, b in groups]
-    return Points(
+    el = Points(
         ddf,
         feature_key=sd_attrs.get("feature_key"),
         instance_key=sd_attrs.get("instance_key"),
@@ -398,6 +398,12 @@ def _read_points(loc: Location, path: str, group: zarr.Group, where: str) -> Poi
         partition_bounds=None if any(b is None for b in bounds) else np.vstack(bounds),
         source=ParquetRowGroups(loc.fs, [(f, rg) for f, rg, _ in groups], categories),
     )
+    extra = attrs.get("spatialflow")
+    if isinstance(extra, dict) and "points_index" in extra:  # a multiscale index
+        from spatialflow.io.points_index import read_sd_index
+
+        el.index = read_sd_index(loc, path, extra["points_index"], el, groups, categories, where)
+    return el
 
 
 def _stored_categories(attrs: dict[str, Any], columns: list[str]) -> dict[str, list]:

@@ -402,7 +402,15 @@ def _known_categories(meta: Any) -> dict[str, list]:
 
 
 def _write_points(loc: Location, group: zarr.Group, path: str, el: Points) -> None:
-    group.attrs.update(_points_attrs(el))
+    attrs = _points_attrs(el)
+    if el.index is not None:  # the multiscale index: its own row groups (io/points_index.py)
+        from spatialflow.io.points_index import INDEX_ATTR, write_index_parquet
+
+        attrs.setdefault("spatialflow", {})[INDEX_ATTR] = el.index.attrs()
+        group.attrs.update(attrs)
+        write_index_parquet(loc, path, el)
+        return
+    group.attrs.update(attrs)
     target = f"{path}/points.parquet"
     url = target if loc.is_local else f"{loc.protocol}://{target}"
     el.data.to_parquet(

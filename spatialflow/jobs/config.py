@@ -13,6 +13,8 @@
       - query: {input: sample, element: transcripts, axes: [x, y], min: [0, 0],
                 max: [500, 500], coordinate_system: global, output: transcripts_roi}
       - transform: {input: sample, element: cells, to: aligned, output: cells_aligned}
+      - index_points: {input: sample, element: transcripts, limit: 10000, seed: 0,
+                       output: transcripts_indexed}
     cluster:                                # optional; default: a local cluster
       workers: 2
       threads_per_worker: 1
@@ -72,6 +74,14 @@ STEP_FIELDS: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
     "ingest": {
         "input": (str, True),
         "prefix": (str, False),
+    },
+    "index_points": {
+        "input": (str, True),
+        "element": (str, True),
+        "limit": (int, False),
+        "seed": (int, False),
+        "row_group_rows": (int, False),
+        "output": (str, True),
     },
 }
 AGGS = ("count", "sum", "mean", "min", "max")

@@ -195,6 +195,21 @@ def _ingest_step(step: Step, ds: Dataset, elements: Dataset, tables: dict[str, A
         _put(elements, f"{prefix}{name}", el)
 
 
+def _index_points_step(step: Step, ds: Dataset, elements: Dataset, tables: dict[str, Any]) -> None:
+    from spatialflow.ops.index import DEFAULT_ROW_GROUP_ROWS, index_points
+
+    p = step.params
+    _input_element(ds, p["element"])
+    out = index_points(
+        ds,
+        p["element"],
+        limit=p.get("limit", 10_000),
+        seed=p.get("seed", 0),
+        row_group_rows=p.get("row_group_rows", DEFAULT_ROW_GROUP_ROWS),
+    )
+    _put(elements, step.output, out)
+
+
 StepRunner = Callable[[Step, Dataset, Dataset, dict[str, Any]], None]
 # one entry per step kind of jobs/config.py's STEP_FIELDS: (step, input, outputs, lazy tables)
 STEP_RUNNERS: dict[str, StepRunner] = {
@@ -202,6 +217,7 @@ STEP_RUNNERS: dict[str, StepRunner] = {
     "query": _query_step,
     "transform": _transform_step,
     "ingest": _ingest_step,
+    "index_points": _index_points_step,
 }
 
 

@@ -196,7 +196,7 @@ def _grow(a, n):
 
 
 @numba.njit(cache=True, nogil=True)
-def _pip(x, y, coords, ring_offsets, part_ring_offsets, geom_part_offsets, bounds, grid):
+def _pip(x, y, coords, ring_offsets, part_ring_offsets, geom_part_offsets, bounds, inner, grid):
     x0, y0, cs, nx, ny, cell_offsets, cell_items = grid
     cap = max(16, x.size)
     pi = np.empty(cap, dtype=np.int64)
@@ -212,7 +212,9 @@ def _pip(x, y, coords, ring_offsets, part_ring_offsets, geom_part_offsets, bound
             g = cell_items[t]
             if px < bounds[g, 0] or px > bounds[g, 2] or py < bounds[g, 1] or py > bounds[g, 3]:
                 continue
-            if _geom_contains(
+            if (
+                px >= inner[g, 0] and px <= inner[g, 2] and py >= inner[g, 1] and py <= inner[g, 3]
+            ) or _geom_contains(
                 coords, ring_offsets, part_ring_offsets, geom_part_offsets, g, px, py
             ):
                 if n == pi.size:
@@ -307,6 +309,7 @@ def points_in_polygons(
         polys.part_ring_offsets,
         polys.geom_part_offsets,
         polys.bounds,
+        polys.inner_boxes,
         _grid_tuple(index),
     )
 

@@ -39,6 +39,7 @@ is painted exactly when its centre passes the point test above.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numba
@@ -92,6 +93,19 @@ class PolygonArrays:
     @property
     def n_rings(self) -> int:
         return int(self.ring_offsets.size - 1)
+
+    @functools.cached_property
+    def inner_boxes(self) -> np.ndarray:
+        """(G, 4) an axis-aligned box inside each geometry's interior (NaN where none was
+        found): a point in it is inside the geometry without testing its rings. Computed on
+        first use, kept."""
+        return _inner_boxes(
+            self.coords,
+            self.ring_offsets,
+            self.part_ring_offsets,
+            self.geom_part_offsets,
+            self.bounds,
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,6 +262,94 @@ def _geom_contains(coords, ring_offsets, part_ring_offsets, geom_part_offsets, g
         ):
             return True
     return False
+
+
+# ---------------------------------------------------------------------------------------------
+# inner boxes: a shortcut for the containment test
+
+
+@numba.njit(cache=True, inline="always")
+def _segment_meets_box(ax, ay, bx, by, x0, y0, x1, y1) -> bool:
+    """Whether segment a-b meets the closed box [x0, x1] x [y0, y1] (Liang-Barsky)."""
+    t0 = 0.0
+    t1 = 1.0
+    dx = bx - ax
+    dy = by - ay
+    for p, q in ((-dx, ax - x0), (dx, x1 - ax), (-dy, ay - y0), (dy, y1 - ay)):
+        if p == 0.0:
+            if q < 0.0:
+                return False
+        else:
+            r = q / p
+            if p < 0.0:
+                t0 = max(t0, r)
+            else:
+                t1 = min(t1, r)
+            if t0 > t1:
+                return False
+    return True
+
+
+@numba.njit(cache=True)
+def _box_inside(coords, ring_offsets, part_ring_offsets, geom_part_offsets, g, x0, y0, x1, y1):
+    """The closed box lies in geometry g's interior: no edge of g meets it (so it lies in one
+    face of g's rings) and one corner is inside g."""
+    for p in range(geom_part_offsets[g], geom_part_offsets[g + 1]):
+        for r in range(part_ring_offsets[p], part_ring_offsets[p + 1]):
+            for k in range(ring_offsets[r], ring_offsets[r + 1] - 1):
+                if _segment_meets_box(
+                    coords[k, 0], coords[k, 1], coords[k + 1, 0], coords[k + 1, 1], x0, y0, x1, y1
+                ):
+                    return False
+    return _geom_contains(coords, ring_offsets, part_ring_offsets, geom_part_offsets, g, x0, y0)
+
+
+@numba.njit(cache=True, nogil=True)
+def _inner_boxes(coords, ring_offsets, part_ring_offsets, geom_part_offsets, bounds):
+    n = bounds.shape[0]
+    out = np.full((n, 4), np.nan)
+    for g in range(n):
+        w = bounds[g, 2] - bounds[g, 0]
+        h = bounds[g, 3] - bounds[g, 1]
+        if not (w > 0.0 and h > 0.0) or geom_part_offsets[g + 1] == geom_part_offsets[g]:
+            continue
+        r0 = part_ring_offsets[geom_part_offsets[g]]  # the first part's exterior ring
+        k0 = ring_offsets[r0]
+        k1 = ring_offsets[r0 + 1] - 1  # the closing vertex repeats the first
+        if k1 <= k0:
+            continue
+        cx = 0.0
+        cy = 0.0
+        for k in range(k0, k1):
+            cx += coords[k, 0]
+            cy += coords[k, 1]
+        cx /= k1 - k0
+        cy /= k1 - k0
+        hw = 0.3 * w
+        hh = 0.3 * h
+        for _ in range(4):
+            # test a box a little larger than the one kept, so rounding cannot let a kept box
+            # touch the boundary
+            ex = 1e-9 * (w + h)
+            if _box_inside(
+                coords,
+                ring_offsets,
+                part_ring_offsets,
+                geom_part_offsets,
+                g,
+                cx - hw - ex,
+                cy - hh - ex,
+                cx + hw + ex,
+                cy + hh + ex,
+            ):
+                out[g, 0] = cx - hw
+                out[g, 1] = cy - hh
+                out[g, 2] = cx + hw
+                out[g, 3] = cy + hh
+                break
+            hw *= 0.6
+            hh *= 0.6
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

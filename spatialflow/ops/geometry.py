@@ -69,13 +69,14 @@ from spatialflow.kernels.polygons import (
     rasterize_polygons,
     to_shapely,
 )
-from spatialflow.plan.density import tree_reduce
+from spatialflow.plan.reduce import tree_reduce
 from spatialflow.transforms.apply import (
     box_image,
     transform_points_frame,
     transform_shapes_frame,
 )
-from spatialflow.transforms.base import Scale, Sequence, Transform, Translation
+from spatialflow.transforms.base import Scale, Transform, Translation
+from spatialflow.transforms.composite import Sequence
 
 __all__ = ["get_extent", "rasterize", "to_circles"]
 

@@ -50,11 +50,11 @@ from spatialflow.kernels.polygons import flatten_polygons
 from spatialflow.plan.compiler import Frame, lower_frame
 from spatialflow.plan.nodes import Node
 from spatialflow.plan.optimizer import optimize, source_read
+from spatialflow.plan.reduce import FAN_IN, tree_reduce
 
 __all__ = ["Density", "DensityGraph", "LazyProfile", "lower_density", "ring_edges", "smooth_grid"]
 
 log = logging.getLogger(__name__)
-FAN_IN = 8
 BUFFER_QUAD_SEGS = 16
 
 
@@ -280,14 +280,6 @@ def _second(pair: tuple[Any, int]) -> int:
 
 def _sum(*values: int) -> int:
     return int(sum(values))
-
-
-def tree_reduce(items: list[Any], combine: Any) -> Any:
-    """Reduce delayed values with ``combine`` in a tree of fan-in FAN_IN."""
-    while len(items) > 1:
-        groups = [items[i : i + FAN_IN] for i in range(0, len(items), FAN_IN)]
-        items = [dask.delayed(combine)(*g) if len(g) > 1 else g[0] for g in groups]
-    return items[0]
 
 
 # =========================================================================================

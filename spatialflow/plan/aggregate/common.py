@@ -13,15 +13,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import anndata as ad
-import dask
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from spatialflow.plan.reduce import tree_reduce
+
 log = logging.getLogger(__name__)
-
-
-FAN_IN = 8
 
 
 DENSE_CELLS = 1 << 22  # a partial block this small, and hit often enough, counts densely
@@ -119,11 +117,8 @@ def combine(*parts: Any) -> Any:
 
 
 def tree(items: list[Any], combine: Any = combine) -> Any:
-    """Reduce delayed partial results with ``combine`` in a tree of fan-in FAN_IN."""
-    while len(items) > 1:
-        groups = [items[i : i + FAN_IN] for i in range(0, len(items), FAN_IN)]
-        items = [dask.delayed(combine)(*g) if len(g) > 1 else g[0] for g in groups]
-    return items[0]
+    """Reduce delayed partial results (by default with :func:`combine`) in a tree."""
+    return tree_reduce(items, combine)
 
 
 def finish(spec: Spec, partial: Any) -> sp.csr_matrix:

@@ -1,0 +1,245 @@
+"""Benchmark: viewport queries on the multiscale points index vs unsorted parquet vs spatialdata.
+
+    uv run python benchmarks/points_index.py [--points 10_000_000] [--genes 1000] [--scale 1]
+                                             [--row-group-rows 65536] [--limit 10000]
+
+The SpatialData hackathon's cases, on synthetic points (a uniform background plus dense
+blobs over a 10,000 x 10,000 extent) with ``--genes`` genes of similar frequency:
+
+* Q1  one gene at full resolution (all levels, whole extent)
+* Q1b one gene capped at mid resolution (levels <= n_levels // 2)
+* Q2  one gene inside a large central box (80% of each side) at the lowest resolution (level 0)
+* Q3  all genes in a small central box (2% of each side) at the highest resolution
+* Q4  a 10-gene panel in a moderate central box (25% of each side) at mid resolution
+
+Columns: ``index`` (sf.viewport_query on the written index, SpatialData layout), ``parquet``
+(the points as spatialdata writes them, unsorted, read with pyarrow filters on gene and x/y;
+no level exists there, so it returns every matching point), ``spatialdata`` (spatialdata 0.8's
+``bounding_box_query`` plus a gene filter, where a box applies: Q2, Q3, Q4). Figures: bytes
+read (``rchar`` of /proc/self/io, the same counter for all), time (median of 3 runs after a
+warm-up, in this process, data in the OS page cache), rows returned; per store the size on disk
+and the metadata size (parquet footers plus the element's zarr.json); the build time of the
+index (read + index + write) next to spatialdata's time to write the same points. Targets
+(issue 13): Q2-Q4 read <= 2% of a full scan's bytes, Q1 <= 2x its gene's share; each <= 100 ms.
+Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+warnings.filterwarnings("ignore")
+EXTENT = 10_000.0
+
+
+def rchar() -> int:
+    with open("/proc/self/io") as f:
+        for line in f:
+            if line.startswith("rchar"):
+                return int(line.split()[1])
+    return 0
+
+
+def make_points(n: int, n_genes: int, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    k = int(n * 0.3)
+    centres = rng.uniform(0.1 * EXTENT, 0.9 * EXTENT, (20, 2))
+    which = rng.integers(0, 20, k)
+    blob = centres[which] + rng.normal(0, 0.03 * EXTENT, (k, 2))
+    xy = np.concatenate([rng.uniform(0, EXTENT, (n - k, 2)), blob]).clip(0, EXTENT)
+    genes = [f"gene{i:04d}" for i in range(n_genes)]
+    codes = rng.integers(0, n_genes, n).astype(np.int16)
+    return pd.DataFrame(
+        {
+            "x": xy[:, 0],
+            "y": xy[:, 1],
+            "gene": pd.Categorical.from_codes(codes, genes),
+        }
+    )
+
+
+def dir_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def footer_size(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    total = 0
+    for f in path.rglob("*.parquet"):
+        if f.is_file():
+            total += pq.ParquetFile(f).metadata.serialized_size
+    return total
+
+
+def measure(fn: Any, reps: int = 3) -> dict[str, Any]:
+    fn()  # warm-up
+    times, nbytes, rows = [], [], 0
+    for _ in range(reps):
+        r0, t0 = rchar(), time.perf_counter()
+        rows = len(fn())
+        times.append(time.perf_counter() - t0)
+        nbytes.append(rchar() - r0)
+    return {
+        "ms": round(1000 * statistics.median(times), 2),
+        "bytes": int(min(nbytes)),
+        "rows": rows,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--points", type=lambda s: int(float(s.replace("_", ""))), default=10_000_000)
+    ap.add_argument("--genes", type=int, default=1000)
+    ap.add_argument("--scale", type=float, default=1.0)
+    ap.add_argument("--limit", type=int, default=10_000)
+    ap.add_argument("--row-group-rows", type=int, default=1 << 13)
+    ap.add_argument("--workdir", default=None)
+    args = ap.parse_args()
+    n = int(args.points * args.scale)
+
+    import dask
+    import dask.dataframe as dd
+    import pyarrow.dataset as pads
+    import spatialdata as sd
+    from spatialdata.models import PointsModel
+
+    import spatialflow as sf
+
+    dask.config.set(scheduler="threads")
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="sf-bench-pindex-"))
+    sd_store, ix_store = work / "sd.zarr", work / "index.zarr"
+    df = make_points(n, args.genes)
+
+    # spatialdata writes the points (the peer of the build)
+    ddf = dd.from_pandas(df, npartitions=max(1, n // 1_000_000))
+    points = PointsModel.parse(ddf, coordinates={"x": "x", "y": "y"}, feature_key="gene")
+    sdata = sd.SpatialData(points={"tx": points})
+    t0 = time.perf_counter()
+    sdata.write(sd_store, overwrite=True)
+    sd_write = time.perf_counter() - t0
+    del sdata, points, ddf
+
+    # the index: read the spatialdata store, index, write (SpatialData layout)
+    t0 = time.perf_counter()
+    src = sf.read(sd_store)
+    el = sf.index_points(src, "tx", limit=args.limit, row_group_rows=args.row_group_rows)
+    out = sf.Dataset()
+    out.points["tx"] = el
+    out.write(ix_store)
+    build = time.perf_counter() - t0
+
+    ds = sf.read(ix_store)
+    index = ds.points["tx"].index
+    n_levels = index.n_levels
+    mid = n_levels // 2
+    gene = "gene0007"
+    panel = [f"gene{i:04d}" for i in range(100, 1000, 90)][:10]
+    box = {
+        "large": (0.1 * EXTENT, 0.1 * EXTENT, 0.9 * EXTENT, 0.9 * EXTENT),
+        "small": (0.49 * EXTENT, 0.49 * EXTENT, 0.51 * EXTENT, 0.51 * EXTENT),
+        "moderate": (0.375 * EXTENT, 0.375 * EXTENT, 0.625 * EXTENT, 0.625 * EXTENT),
+        "all": (0.0, 0.0, EXTENT, EXTENT),
+    }
+    cases = {
+        "Q1": (None, "all", [gene]),
+        "Q1b": (mid, "all", [gene]),
+        "Q2": (0, "large", [gene]),
+        "Q3": (n_levels - 1, "small", None),
+        "Q4": (mid, "moderate", panel),
+    }
+    sd_parquet = sd_store / "points" / "tx" / "points.parquet"
+    parquet = pads.dataset(str(sd_parquet), format="parquet")
+    lazy_sd = sd.read_zarr(sd_store)["tx"]
+
+    def index_query(level: int | None, b: tuple, genes: list | None) -> Any:
+        return lambda: sf.viewport_query(
+            ds,
+            "tx",
+            min_coordinate=b[:2],
+            max_coordinate=b[2:],
+            target_coordinate_system="global",
+            max_level=level,
+            genes=genes,
+        ).compute()
+
+    def parquet_query(b: tuple, genes: list | None) -> Any:
+        x, y, g = pads.field("x"), pads.field("y"), pads.field("gene")
+        flt = (x >= b[0]) & (x <= b[2]) & (y >= b[1]) & (y <= b[3])
+        if genes is not None:
+            flt = flt & g.isin(genes)
+        return lambda: parquet.to_table(filter=flt)
+
+    def spatialdata_query(b: tuple, genes: list | None) -> Any:
+        def run() -> Any:
+            q = sd.bounding_box_query(
+                lazy_sd,
+                axes=("x", "y"),
+                min_coordinate=list(b[:2]),
+                max_coordinate=list(b[2:]),
+                target_coordinate_system="global",
+            )
+            if genes is not None:
+                q = q[q["gene"].isin(genes)]
+            return q.compute()
+
+        return run
+
+    full = measure(lambda: ds.points["tx"].data.compute(), reps=1)
+    res: dict[str, Any] = {}
+    gene_rows = int(index.feature_counts[:, 7].sum())  # gene0007
+    for q, (level, bname, genes) in cases.items():
+        b = box[bname]
+        row = {"index": measure(index_query(level, b, genes))}
+        row["parquet"] = measure(parquet_query(b, genes))
+        if bname != "all":
+            row["spatialdata"] = measure(spatialdata_query(b, genes), reps=1)
+        row["index_bytes_fraction_of_full_scan"] = round(row["index"]["bytes"] / full["bytes"], 5)
+        res[q] = row
+    gene_share = gene_rows / n
+    res["Q1"]["gene_share_bytes"] = int(gene_share * full["bytes"])
+    res["Q1"]["index_bytes_over_gene_share"] = round(
+        res["Q1"]["index"]["bytes"] / max(1, gene_share * full["bytes"]), 3
+    )
+    index_meta = (
+        footer_size(ix_store / "points" / "tx")
+        + (ix_store / "points" / "tx" / "zarr.json").stat().st_size
+    )
+    summary = {
+        "benchmark": "points_index",
+        "points": n,
+        "genes": args.genes,
+        "limit": args.limit,
+        "row_group_rows": args.row_group_rows,
+        "levels": n_levels,
+        "level_counts": index.level_counts.tolist(),
+        "build_seconds": round(build, 2),
+        "spatialdata_write_seconds": round(sd_write, 2),
+        "build_over_spatialdata_write": round(build / sd_write, 2),
+        "full_scan": full,
+        "size_bytes": {
+            "index_total": dir_size(ix_store / "points" / "tx"),
+            "index_spatial_copy": dir_size(ix_store / "points" / "tx" / "points.parquet"),
+            "spatialdata_parquet": dir_size(sd_parquet),
+        },
+        "metadata_bytes": {
+            "index": index_meta,
+            "spatialdata_parquet": footer_size(sd_parquet),
+        },
+        "queries": res,
+    }
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""The multiscale spatial index a Points element may carry (built by ``sf.index_points``).
+
+An indexed element's own rows are the *spatial-first* copy: ordered by (level, Morton code),
+each partition one level only and at most about ``row_group_rows`` rows (one parquet row
+group, or one native partition, once written). A *feature-first* copy of the same rows,
+ordered by (feature code, level, Morton code) and cut at feature changes, serves gene queries.
+For each copy the index keeps one row per partition ("unit"): level range, feature-code range,
+rows and a bounding box (a conservative box before writing, the stored statistics after).
+
+``description`` is the JSON stored in the element's attributes: the levels (grid shape, cell
+size, probability, count), limit, seed, extent, and the per-(level, feature) counts, which
+are the (level, gene) map a query uses to estimate its size. Nothing here reads data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["INDEX_VERSION", "LEVEL", "IndexCopy", "PointsIndex"]
+
+INDEX_VERSION = 1
+LEVEL = "level"  # the column holding each row's level
+
+
+@dataclass
+class IndexCopy:
+    """One ordering of the indexed rows: a dask DataFrame and a table of its partitions."""
+
+    data: Any  # dask DataFrame; partition i is unit i
+    levels: np.ndarray  # (n, 2) int: min, max level of each unit
+    codes: np.ndarray  # (n, 2) int: min, max feature code (0, -1 when there is no feature)
+    rows: np.ndarray  # (n,) int
+    bounds: np.ndarray  # (n, 4) float: x0, y0, x1, y1 (a superset of the unit's points)
+    reader: Callable[[int], pd.DataFrame] | None = None  # reads unit i without Dask
+
+    def table(self) -> dict[str, list]:
+        """The JSON form (bounds excluded: the layouts store those as statistics)."""
+        return {
+            "levels": self.levels.tolist(),
+            "codes": self.codes.tolist(),
+            "rows": self.rows.tolist(),
+        }
+
+    def read(self, i: int) -> pd.DataFrame:
+        if self.reader is not None:
+            return self.reader(i)
+        import dask
+
+        (out,) = dask.compute(self.data.partitions[i], scheduler="threads")
+        return out
+
+
+@dataclass
+class PointsIndex:
+    """The index of a Points element: its description and its two copies."""
+
+    description: dict[str, Any]
+    spatial: IndexCopy
+    by_feature: IndexCopy | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.description["levels"])
+
+    @property
+    def level_counts(self) -> np.ndarray:
+        return np.array([lv["count"] for lv in self.description["levels"]], dtype=np.int64)
+
+    @property
+    def feature_counts(self) -> np.ndarray | None:
+        """(n_levels, n_features) points per level and feature code, or None."""
+        fc = self.description.get("feature_counts")
+        return None if fc is None else np.asarray(fc, dtype=np.int64)
+
+    def attrs(self) -> dict[str, Any]:
+        """The JSON stored with the element (both layouts)."""
+        out = dict(self.description)
+        out["spatial_units"] = self.spatial.table()
+        if self.by_feature is not None:
+            out["feature_units"] = self.by_feature.table()
+        return out

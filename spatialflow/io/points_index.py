@@ -1,0 +1,282 @@
+"""Storing and restoring the multiscale points index (elements/points_index.py), both layouts.
+
+SpatialData zarr layout: the element stays ordinary points that spatialdata 0.8 reads::
+
+    points/<name>/zarr.json                  attrs as spatialdata writes them, plus
+                                             spatialflow.points_index (the description and
+                                             the unit tables of both copies)
+    points/<name>/points.parquet/part.N      the spatial-first copy: each partition of the
+                                             index is exactly one row group (one level, rows
+                                             in Morton order, capped); consecutive row groups
+                                             of one level share a file of up to FILE_ROWS rows
+    points/<name>/points_by_feature.parquet/ the feature-first copy, the same way (spatialdata
+                                             reads only points.parquet and ignores it)
+
+Parquet statistics (min/max per row group) are written for every column: level, x, y and the
+feature column (dictionary strings; the codes' ranges are in the unit tables, which also carry
+the per-(level, feature) counts). Files are written by one Dask task each, in the pandas/dask
+parquet dialect (``__null_dask_index__`` for an unnamed index) so dask, spatialdata and
+spatialflow read them as they read what dask writes.
+
+Native Icechunk layout: the spatial-first copy is the element's own partitions; the
+feature-first copy is a second partition table ``by_feature_partitions`` (its arrays in a
+``feature-parts-<token>`` group); the description and unit tables go in ``points_index``.
+
+A reader restores the index only when its unit tables match the stored row groups or
+partitions; otherwise (the element was rewritten by another tool) it logs a warning and the
+element reads as plain points.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import dask
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from spatialflow.elements.points import Points
+from spatialflow.elements.points_index import INDEX_VERSION, IndexCopy, PointsIndex
+from spatialflow.errors import FormatError
+
+__all__ = [
+    "FEATURE_DIR",
+    "INDEX_ATTR",
+    "restore_index",
+    "write_index_parquet",
+]
+
+log = logging.getLogger(__name__)
+INDEX_ATTR = "points_index"
+FEATURE_DIR = "points_by_feature.parquet"
+FILE_ROWS = 2_000_000
+NULL_INDEX = "__null_dask_index__"
+
+
+# --- writing parquet (SpatialData layout) --------------------------------------------------
+def _file_groups(levels: np.ndarray, rows: np.ndarray) -> list[list[int]]:
+    """Consecutive units grouped into files: one level range per file, up to FILE_ROWS rows."""
+    groups: list[list[int]] = []
+    cur = 0
+    for i in range(len(rows)):
+        if not groups or cur + rows[i] > FILE_ROWS or levels[i, 0] != levels[groups[-1][0], 0]:
+            groups.append([])
+            cur = 0
+        groups[-1].append(i)
+        cur += int(rows[i])
+    return groups
+
+
+def _write_file(fs: Any, path: str, *parts: pd.DataFrame) -> int:
+    """Write ``parts`` as one parquet file, one row group each."""
+    writer = None
+    try:
+        for df in parts:
+            if df.index.name is None:
+                df = df.rename_axis(NULL_INDEX)
+            table = pa.Table.from_pandas(df, preserve_index=True)
+            if writer is None:
+                f = fs.open(path, "wb")
+                writer = pq.ParquetWriter(f, table.schema, compression="snappy")
+            writer.write_table(table, row_group_size=max(1, table.num_rows))
+    finally:
+        if writer is not None:
+            writer.close()
+            f.close()
+    return len(parts)
+
+
+def write_index_parquet(loc: Any, path: str, el: Points) -> None:
+    """Write both copies of an indexed element's rows under ``path`` (one Dask graph)."""
+    index = el.index
+    assert index is not None
+    copies = [("points.parquet", index.spatial)]
+    if index.by_feature is not None:
+        copies.append((FEATURE_DIR, index.by_feature))
+    tasks = []
+    for dirname, copy in copies:
+        directory = f"{path}/{dirname}"
+        loc.fs.makedirs(directory, exist_ok=True)
+        parts = copy.data.to_delayed()
+        for k, members in enumerate(_file_groups(copy.levels, copy.rows)):
+            target = f"{directory}/part.{k}.parquet"
+            tasks.append(dask.delayed(_write_file)(loc.fs, target, *[parts[i] for i in members]))
+    written = dask.compute(*tasks)
+    expected = len(index.spatial.rows) + (
+        len(index.by_feature.rows) if index.by_feature is not None else 0
+    )
+    if sum(written) != expected:  # pragma: no cover - a bug, not a user error
+        raise FormatError(f"{path}: wrote {sum(written)} of {expected} index row groups")
+
+
+# --- restoring ---------------------------------------------------------------------------
+def _copy(
+    table: dict[str, Any], data: Any, bounds: np.ndarray | None, reader: Callable | None
+) -> IndexCopy:
+    levels = np.asarray(table["levels"], dtype=np.int64).reshape(-1, 2)
+    codes = np.asarray(table["codes"], dtype=np.int64).reshape(-1, 2)
+    rows = np.asarray(table["rows"], dtype=np.int64)
+    if bounds is None:
+        bounds = np.full((len(rows), 4), -np.inf)
+        bounds[:, 2:] = np.inf
+    return IndexCopy(data, levels, codes, rows, np.asarray(bounds, np.float64), reader)
+
+
+def _xy_bounds(bounds: np.ndarray | None, d: int) -> np.ndarray | None:
+    if bounds is None:
+        return None
+    b = np.asarray(bounds, dtype=np.float64)
+    return np.concatenate([b[:, :2], b[:, d : d + 2]], axis=1)
+
+
+def restore_index(
+    meta: Any,
+    where: str,
+    el: Points,
+    spatial_reader: Callable[[int], pd.DataFrame] | None,
+    by_feature: tuple[Any, np.ndarray | None, Callable[[int], pd.DataFrame] | None] | None,
+) -> PointsIndex | None:
+    """The index stored as ``meta`` for the element ``el`` read from storage (None if absent
+    or stale). ``by_feature`` is the feature-first copy's (frame, bounds, reader)."""
+    if not isinstance(meta, dict):
+        return None
+    if meta.get("version") != INDEX_VERSION:
+        raise FormatError(
+            f"{where}: unknown points index version {meta.get('version')!r} (this spatialflow "
+            f"reads version {INDEX_VERSION}); upgrade spatialflow or rebuild the index"
+        )
+    try:
+        description = {k: v for k, v in meta.items() if k not in ("spatial_units", "feature_units")}
+        d = len(el.axes)
+        spatial = _copy(
+            meta["spatial_units"], el.data, _xy_bounds(el.partition_bounds, d), spatial_reader
+        )
+        feature = None
+        if meta.get("feature_units") is not None and by_feature is not None:
+            data, bounds, reader = by_feature
+            feature = _copy(meta["feature_units"], data, _xy_bounds(bounds, d), reader)
+    except (KeyError, TypeError, ValueError) as e:
+        raise FormatError(f"{where}: malformed points index metadata ({e})") from e
+    if len(spatial.rows) != el.npartitions or (
+        feature is not None and len(feature.rows) != feature.data.npartitions
+    ):
+        log.warning(
+            "%s: the stored points index does not match the stored rows (rewritten by another "
+            "tool?); reading the element without it",
+            where,
+        )
+        return None
+    return PointsIndex(description, spatial, feature)
+
+
+def parquet_readers(
+    fs: Any, groups: list[tuple[str, int, Any]], categories: dict
+) -> Callable[[int], pd.DataFrame]:
+    """A reader of unit i = row group ``groups[i]`` (no Dask). Each file's footer is read
+    once and kept, so a query reads the row groups it needs and nothing else."""
+    from spatialflow.io.columns import points_frame
+    from spatialflow.io.sdformat import _unreadable
+
+    table = [(f, rg) for f, rg, _ in groups]
+    footers: dict[str, Any] = {}
+
+    def read(i: int) -> pd.DataFrame:
+        f, rg = table[i]
+        try:
+            md = footers.get(f)
+            with fs.open(f, "rb") as fh:
+                pf = pq.ParquetFile(fh, metadata=md)
+                footers[f] = pf.metadata
+                data = pf.read_row_group(rg)
+        except (OSError, pa.ArrowException, ValueError) as e:
+            raise _unreadable(f"{f} (row group {rg})", e, fs) from e
+        return points_frame(data, categories)
+
+    return read
+
+
+def native_reader(
+    read_partition: Callable[..., pd.DataFrame], store: Any, parts_path: str, schema: dict
+) -> Callable[[int], pd.DataFrame]:
+    return partial(_native_read, read_partition, store, parts_path, schema)
+
+
+def _native_read(
+    read_partition: Callable[..., pd.DataFrame], store: Any, parts_path: str, schema: dict, k: int
+) -> pd.DataFrame:
+    return read_partition(store, parts_path, k, schema, None)
+
+
+def read_sd_index(
+    loc: Any,
+    path: str,
+    meta: Any,
+    el: Points,
+    groups: list[tuple[str, int, Any]],
+    categories: dict,
+    where: str,
+) -> PointsIndex | None:
+    """The index of a points element of a SpatialData store (``groups``: its row groups)."""
+    import dask.dataframe as dd
+
+    from spatialflow.io.sdformat import _parts, _read_parquet_row_group, _row_groups
+
+    reader = parquet_readers(loc.fs, groups, categories)
+    by_feature = None
+    directory = loc.join(path, FEATURE_DIR)
+    if (
+        isinstance(meta, dict)
+        and meta.get("feature_units") is not None
+        and loc.fs.exists(directory)
+    ):
+        files = _parts(loc, directory, where)
+        fgroups = _row_groups(loc.fs, files, el.axes) if files else []
+        n = len(fgroups)
+        data = dd.from_map(
+            _read_parquet_row_group,
+            [loc.fs] * n,
+            [f for f, _, _ in fgroups],
+            [rg for _, rg, _ in fgroups],
+            [categories] * n,
+            meta=el.data._meta,
+            enforce_metadata=False,
+            label="read-points-by-feature",
+        )
+        fb = [b for _, _, b in fgroups]
+        bounds = None if any(b is None for b in fb) else np.vstack(fb)
+        by_feature = (
+            data,
+            bounds,
+            parquet_readers(loc.fs, fgroups, categories),
+        )
+    return restore_index(meta, where, el, reader, by_feature)
+
+
+def read_native_index(
+    store: Any, path: str, attrs: dict[str, Any], el: Points, where: str
+) -> PointsIndex | None:
+    """The index of a points element of the native layout (attrs: the element group's)."""
+    from spatialflow.io.native import read_frame_partition, read_native_frame
+
+    meta = attrs["points_index"]
+    try:
+        schema = attrs["schema"]
+        reader = native_reader(
+            read_frame_partition, store, f"{path}/{attrs['partitions']['group']}", schema
+        )
+        by_feature = None
+        ftable = attrs.get("by_feature_partitions")
+        if isinstance(ftable, dict):
+            data, bounds = read_native_frame(store, path, {**attrs, "partitions": ftable}, where)
+            freader = native_reader(
+                read_frame_partition, store, f"{path}/{ftable['group']}", schema
+            )
+            by_feature = (data, bounds, freader)
+    except (KeyError, TypeError) as e:
+        raise FormatError(f"{where}: malformed points index metadata ({e})") from e
+    return restore_index(meta, where, el, reader, by_feature)

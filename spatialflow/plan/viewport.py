@@ -1,0 +1,161 @@
+"""Planning and running a viewport query on an indexed Points element.
+
+A plan is a list of units (partitions = row groups) of one copy of the index. Both copies are
+pruned with the index's unit table (levels, feature codes, bounding boxes) and the one with
+fewer rows to read is chosen: the spatial-first copy for boxes, the feature-first one for gene
+panels. Small plans (at most ``DIRECT_UNITS`` units) are read directly, in a thread pool, by
+each unit's reader (a parquet row group or a native partition): no Dask graph at all. Larger
+plans run as one Dask task per unit. Every unit is filtered exactly (level, features, box in
+the target coordinate system; the box is closed) and the result is ordered by level, then in
+the order of the copy it came from.
+
+An element without an index is scanned instead: the partitions whose bounding boxes meet the
+box, every row reported at level 0.
+"""
+
+from __future__ import annotations
+
+import html
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from spatialflow.elements.points import Points
+from spatialflow.elements.points_index import LEVEL, IndexCopy
+
+__all__ = ["DIRECT_UNITS", "LazyViewport", "ViewportPlan", "plan_units"]
+
+DIRECT_UNITS = 512
+_THREADS = 16
+
+
+@dataclass
+class ViewportPlan:
+    """What a viewport query reads and how it filters."""
+
+    name: str
+    copy: str  # "spatial", "by_feature" or "scan"
+    units: np.ndarray
+    n_units: int
+    max_level: int
+    codes: np.ndarray | None  # feature codes to keep (None: all)
+    local_box: tuple[float, float, float, float]  # the query's box in the element's space
+    box: tuple[float, float, float, float]  # in the target coordinate system
+    matrix: np.ndarray  # the element's space -> target, 3x3 affine on x, y
+    rows: int  # rows the units hold
+
+    def explain_lines(self) -> list[str]:
+        return [
+            f"viewport {self.name!r}: levels <= {self.max_level}, box {self.box}",
+            f"features: {'all' if self.codes is None else len(self.codes)}",
+            f"copy: {self.copy}, units read: {len(self.units)} of {self.n_units} "
+            f"({self.rows} rows)",
+            "execution: "
+            + ("direct (thread pool) if stored" if self.direct else "dask, one task a unit"),
+        ]
+
+    @property
+    def direct(self) -> bool:
+        return len(self.units) <= DIRECT_UNITS
+
+
+def _intersects(bounds: np.ndarray, box: tuple[float, ...]) -> np.ndarray:
+    b = np.asarray(bounds, dtype=np.float64)
+    if b.size == 0:
+        return np.zeros(0, dtype=bool)
+    nan = np.isnan(b).any(axis=1)
+    hit = (b[:, 0] <= box[2]) & (b[:, 2] >= box[0]) & (b[:, 1] <= box[3]) & (b[:, 3] >= box[1])
+    return hit & ~nan
+
+
+def plan_units(
+    copy: IndexCopy, max_level: int, codes: np.ndarray | None, box: tuple[float, ...]
+) -> np.ndarray:
+    """Units of ``copy`` that may hold points of levels <= max_level, ``codes``, in ``box``."""
+    keep = (copy.levels[:, 0] <= max_level) & _intersects(copy.bounds, box)
+    if codes is not None and len(copy.codes):
+        lo = np.searchsorted(codes, copy.codes[:, 0], side="left")
+        hi = np.searchsorted(codes, copy.codes[:, 1], side="right")
+        keep &= hi > lo  # some requested code within [min code, max code]
+    return np.flatnonzero(keep)
+
+
+def _filter(df: pd.DataFrame, plan: ViewportPlan, feature_key: str | None) -> pd.DataFrame:
+    if len(df) == 0:
+        return df
+    keep = np.ones(len(df), dtype=bool)
+    if LEVEL in df.columns:
+        keep &= df[LEVEL].to_numpy() <= plan.max_level
+    if plan.codes is not None and feature_key is not None:
+        keep &= np.isin(np.asarray(df[feature_key].cat.codes), plan.codes)
+    x = df["x"].to_numpy(dtype=np.float64)
+    y = df["y"].to_numpy(dtype=np.float64)
+    m = plan.matrix
+    tx = m[0, 0] * x + m[0, 1] * y + m[0, 2]
+    ty = m[1, 0] * x + m[1, 1] * y + m[1, 2]
+    b = plan.box
+    keep &= (tx >= b[0]) & (tx <= b[2]) & (ty >= b[1]) & (ty <= b[3])
+    return df[keep]
+
+
+class LazyViewport:
+    """The lazy result of ``sf.viewport_query``: ``explain()`` and ``compute()``."""
+
+    def __init__(self, el: Points, plan: ViewportPlan, copy: IndexCopy | None) -> None:
+        self.element = el
+        self.plan = plan
+        self._copy = copy
+
+    def explain(self, print_: bool = True) -> str:
+        text = "\n".join(self.plan.explain_lines())
+        if print_:
+            print(text)
+        return text
+
+    def _read(self, i: int) -> pd.DataFrame:
+        assert self._copy is not None
+        return _filter(self._copy.read(int(i)), self.plan, self.element.feature_key)
+
+    def compute(self, **kwargs: Any) -> pd.DataFrame:
+        """Read the planned units, filter them and return one DataFrame with a level column."""
+        units = [int(i) for i in self.plan.units]
+        fk = self.element.feature_key
+        lazy = self._copy is None or self._copy.reader is None
+        if not units:
+            parts = []
+        elif lazy:  # rows not stored yet (or a scan): one graph, shared shuffle tasks
+            import dask
+
+            data = self.element.data if self._copy is None else self._copy.data
+            blocks = data.to_delayed()
+            tasks = [dask.delayed(_filter)(blocks[i], self.plan, fk) for i in units]
+            parts = list(dask.compute(*tasks, **kwargs))
+        elif self.plan.direct:
+            with ThreadPoolExecutor(min(_THREADS, len(units))) as pool:
+                parts = list(pool.map(self._read, units))
+        else:
+            import dask
+
+            parts = list(dask.compute(*[dask.delayed(self._read)(i) for i in units], **kwargs))
+        meta = self.element.data._meta
+        if LEVEL not in meta.columns:
+            meta = meta.assign(**{LEVEL: np.array([], dtype=np.uint8)})
+        parts = [p for p in parts if len(p)]
+        if self.plan.copy == "scan":
+            parts = [p.assign(**{LEVEL: np.zeros(len(p), dtype=np.uint8)}) for p in parts]
+        if not parts:
+            return meta
+        out = pd.concat(parts) if len(parts) > 1 else parts[0]
+        if self.plan.copy == "by_feature":
+            out = out.iloc[np.argsort(out[LEVEL].to_numpy(), kind="stable")]
+        return out
+
+    def __repr__(self) -> str:
+        return "LazyViewport:\n" + "\n".join(self.plan.explain_lines())
+
+    def _repr_html_(self) -> str:
+        body = html.escape("\n".join(self.plan.explain_lines()))
+        return f"<div><b>spatialflow viewport query</b><pre>{body}</pre></div>"

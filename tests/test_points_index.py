@@ -1,0 +1,307 @@
+"""The multiscale points index (sf.index_points) and viewport queries (sf.viewport_query):
+levels as neuroglancer's spatial index builds them, queries equal to brute force, independence
+of the input partitioning, storage in both layouts (spatialdata 0.8 as the oracle), the job
+step on a real LocalCluster committed to Icechunk, and the errors."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+import spatialflow as sf
+from spatialflow.errors import SpatialFlowError
+from spatialflow.kernels.morton import assign_levels, grid_levels
+
+LIMIT = 400
+N = 40_000
+GENES = [f"g{i:02d}" for i in range(30)]
+
+
+def _frame(n: int = N, seed: int = 1) -> pd.DataFrame:
+    """Clustered points (a dense blob over a uniform background) on a 2:1 extent."""
+    rng = np.random.default_rng(seed)
+    k = n // 3
+    x = np.concatenate([rng.uniform(0, 2000, n - k), rng.normal(1400, 120, k).clip(0, 2000)])
+    y = np.concatenate([rng.uniform(0, 1000, n - k), rng.normal(300, 80, k).clip(0, 1000)])
+    genes = pd.Categorical(rng.choice(GENES, n, p=np.linspace(1, 3, len(GENES)) / 60), GENES)
+    return pd.DataFrame({"x": x, "y": y, "gene": genes, "cell_id": rng.integers(0, 500, n)})
+
+
+def _dataset(df: pd.DataFrame, parts: int) -> sf.Dataset:
+    ds = sf.Dataset()
+    ds.points["tx"] = sf.Points(
+        df, feature_key="gene", instance_key="cell_id", rows_per_partition=-(-len(df) // parts)
+    )
+    return ds
+
+
+@pytest.fixture(scope="module")
+def source() -> pd.DataFrame:
+    return _frame()
+
+
+@pytest.fixture(scope="module")
+def indexed(source):
+    ds = _dataset(source, 7)
+    el = sf.index_points(ds, "tx", limit=LIMIT, seed=3, row_group_rows=2_000)
+    out = sf.Dataset()
+    out.points["tx"] = el
+    return out, el.data.compute()
+
+
+def _cells(df: pd.DataFrame, level: dict, desc: dict) -> np.ndarray:
+    lo, size = desc["lower_bound"], level["cell_size"]
+    gx, gy = level["grid_shape"]
+    cx = np.clip(((df["x"] - lo[0]) // size[0]).astype(int), 0, gx - 1)
+    cy = np.clip(((df["y"] - lo[1]) // size[1]).astype(int), 0, gy - 1)
+    return (cy * gx + cx).to_numpy()
+
+
+def test_every_point_once_and_levels_like_neuroglancer(source, indexed):
+    ds, table = indexed
+    idx = ds.points["tx"].index
+    desc = idx.description
+    # every input row exactly once, unchanged, with one level
+    assert len(table) == len(source) and table.index.is_unique
+    back = table.sort_index()
+    pd.testing.assert_frame_equal(back[source.columns], source, check_categorical=True)
+    counts = table["level"].value_counts().sort_index()
+    assert counts.to_dict() == {lv["level"]: lv["count"] for lv in desc["levels"]}
+    assert sum(lv["count"] for lv in desc["levels"]) == N
+    # grids halve from one cell, isotropically on the 2:1 extent; the finest keeps the rest
+    shapes = [tuple(lv["grid_shape"]) for lv in desc["levels"]]
+    assert shapes[0] == (1, 1)
+    for prev, cur, lv in zip(shapes, shapes[1:], desc["levels"][1:], strict=False):
+        assert cur in ((2 * prev[0], prev[1]), (prev[0], 2 * prev[1]), (2 * prev[0], 2 * prev[1]))
+        w, h = lv["cell_size"]
+        assert 0.5 <= w / h <= 2.0  # cells stay close to square
+    assert [(2**a, 2**b) for a, b in grid_levels(2000, 1000)[:3]] == [(1, 1), (2, 1), (4, 2)]
+    assert desc["levels"][-1]["probability"] == 1.0
+    assert all(lv["probability"] < 1.0 for lv in desc["levels"][:-1])
+    # row order: (level, Morton) -> levels never decrease; each partition holds one level
+    assert (np.diff(table["level"].to_numpy().astype(int)) >= 0).all()
+    assert (idx.spatial.levels[:, 0] == idx.spatial.levels[:, 1]).all()
+
+
+def test_kept_fraction_is_the_same_in_every_cell(source, indexed):
+    ds, table = indexed
+    desc = ds.points["tx"].index.description
+    pool = np.ones(len(table), dtype=bool)
+    lv_col = table["level"].to_numpy()
+    for level in desc["levels"][:-1]:
+        p = level["probability"]
+        cells = _cells(table, level, desc)
+        n_c = np.bincount(cells[pool])
+        k_c = np.bincount(cells[lv_col == level["level"]], minlength=len(n_c))
+        big = n_c >= 30
+        assert big.sum() >= 1
+        # chi-square: kept ~ Binomial(n_c, p) in every cell, with one p for the level
+        chi2 = ((k_c[big] - n_c[big] * p) ** 2 / (n_c[big] * p * (1 - p))).sum()
+        p_value = stats.chi2.sf(chi2, df=int(big.sum()))
+        assert p_value > 1e-3, (level, chi2, big.sum())
+        # the fullest cell keeps about `limit` points, no cell keeps much more
+        assert abs(k_c[np.argmax(n_c)] - LIMIT) <= 5 * np.sqrt(LIMIT)
+        assert k_c.max() <= LIMIT + 5 * np.sqrt(LIMIT)
+        pool &= lv_col != level["level"]
+    # the kernel agrees: the level of a point is its first successful draw
+    probs = np.array([lv["probability"] for lv in desc["levels"]])
+    lv = assign_levels(np.arange(1000, dtype=np.uint32), probs)
+    assert (lv >= 0).all() and (lv < len(probs)).all()
+
+
+def test_same_output_for_one_and_seven_partitions(source, indexed):
+    _, table7 = indexed
+    el1 = sf.index_points(_dataset(source, 1), "tx", limit=LIMIT, seed=3, row_group_rows=2_000)
+    ds7 = indexed[0]
+    pd.testing.assert_frame_equal(el1.data.compute(), table7)
+    assert el1.index.description == ds7.points["tx"].index.description
+    np.testing.assert_array_equal(el1.index.spatial.rows, ds7.points["tx"].index.spatial.rows)
+    # another seed draws other levels
+    el2 = sf.index_points(_dataset(source, 3), "tx", limit=LIMIT, seed=4, row_group_rows=2_000)
+    assert not el2.data.compute()["level"].sort_index().equals(table7["level"].sort_index())
+
+
+def _brute(table, box, max_level, genes):
+    sel = table[
+        (table["x"] >= box[0])
+        & (table["x"] <= box[2])
+        & (table["y"] >= box[1])
+        & (table["y"] <= box[3])
+        & (table["level"] <= max_level)
+    ]
+    return sel if genes is None else sel[sel["gene"].isin(genes)]
+
+
+def _check_queries(ds, table, rng, n=12):
+    n_levels = ds.points["tx"].index.n_levels
+    for _ in range(n):
+        x0, y0 = rng.uniform(-100, 1900), rng.uniform(-100, 900)
+        box = (x0, y0, x0 + rng.uniform(5, 900), y0 + rng.uniform(5, 500))
+        max_level = int(rng.integers(0, n_levels))
+        genes = [None, list(rng.choice(GENES, 1)), list(rng.choice(GENES, 6))][rng.integers(3)]
+        got = sf.viewport_query(
+            ds,
+            "tx",
+            min_coordinate=box[:2],
+            max_coordinate=box[2:],
+            target_coordinate_system="global",
+            max_level=max_level,
+            genes=genes,
+        ).compute()
+        want = _brute(table, box, max_level, genes)
+        assert "level" in got.columns
+        pd.testing.assert_frame_equal(got.sort_index(), want.sort_index())
+
+
+def test_viewport_query_equals_brute_force(indexed):
+    ds, table = indexed
+    _check_queries(ds, table, np.random.default_rng(0))
+    # a small box reads few units, directly; a gene panel picks the feature-first copy
+    small = sf.viewport_query(
+        ds,
+        "tx",
+        min_coordinate=[10, 10],
+        max_coordinate=[60, 60],
+        target_coordinate_system="global",
+    )
+    assert small.plan.direct and small.plan.rows < N / 4
+    panel = sf.viewport_query(
+        ds,
+        "tx",
+        min_coordinate=[0, 0],
+        max_coordinate=[2000, 1000],
+        target_coordinate_system="global",
+        genes=["g05"],
+    )
+    assert panel.plan.copy == "by_feature" and len(panel.plan.units) <= 3
+    # max_points: the finest levels whose expected count fits
+    capped = sf.viewport_query(
+        ds,
+        "tx",
+        min_coordinate=[0, 0],
+        max_coordinate=[2000, 1000],
+        target_coordinate_system="global",
+        max_points=4 * LIMIT,
+    )
+    got = capped.compute()
+    assert 0 < len(got) <= 4 * LIMIT * 1.2 and capped.plan.max_level >= 1
+    assert capped.plan.max_level < ds.points["tx"].index.n_levels - 1
+
+
+def test_transformed_coordinate_system(source):
+    ds = _dataset(source.iloc[:5000], 2)
+    el = ds.points["tx"]
+    el.transforms["um"] = sf.Scale([0.5, 0.25], axes=("x", "y"))
+    idx = sf.Dataset()
+    idx.points["tx"] = sf.index_points(ds, "tx", limit=200, row_group_rows=500)
+    table = idx.points["tx"].data.compute()
+    got = sf.viewport_query(
+        idx,
+        "tx",
+        min_coordinate=[100, 50],
+        max_coordinate=[400, 150],
+        target_coordinate_system="um",
+    ).compute()
+    want = table[table.x.between(200, 800) & table.y.between(200, 600)]
+    pd.testing.assert_frame_equal(got.sort_index(), want.sort_index())
+
+
+def test_spatialdata_layout_round_trip_and_spatialdata_reads_it(indexed, tmp_path, source):
+    import spatialdata as sd
+
+    ds, table = indexed
+    ds.write(tmp_path / "s.zarr")
+    # spatialdata 0.8 reads the indexed element as ordinary points with the same rows
+    sdata = sd.read_zarr(tmp_path / "s.zarr")
+    theirs = sdata.points["tx"].compute().sort_index()
+    assert len(theirs) == N
+    np.testing.assert_array_equal(theirs[["x", "y"]].to_numpy(), source[["x", "y"]].to_numpy())
+    assert (theirs["gene"].astype(str).to_numpy() == source["gene"].astype(str).to_numpy()).all()
+    # spatialflow reads the index back: one row group a unit, never mixing levels
+    back = sf.read(tmp_path / "s.zarr")
+    el = back.points["tx"]
+    assert el.index is not None and el.index.by_feature is not None
+    assert el.index.description == ds.points["tx"].index.description
+    pd.testing.assert_frame_equal(el.data.compute(), table)
+    import pyarrow.parquet as pq
+
+    files = sorted((tmp_path / "s.zarr/points/tx/points.parquet").glob("*.parquet"))
+    for f in files:
+        md = pq.ParquetFile(f).metadata
+        level_col = md.schema.names.index("level")
+        for rg in range(md.num_row_groups):
+            st = md.row_group(rg).column(level_col).statistics
+            assert st.has_min_max and st.min == st.max
+    _check_queries(back, table, np.random.default_rng(1), n=8)
+
+
+def test_native_layout_round_trip(indexed, tmp_path):
+    ds, table = indexed
+    ds.write(tmp_path / "r.icechunk", format="icechunk")
+    back = sf.read(tmp_path / "r.icechunk")
+    el = back.points["tx"]
+    assert el.index is not None and el.index.by_feature is not None
+    assert el.index.description == ds.points["tx"].index.description
+    pd.testing.assert_frame_equal(el.data.compute(), table)
+    _check_queries(back, table, np.random.default_rng(2), n=8)
+
+
+@pytest.mark.slow  # fresh worker processes load numba and the stack: ~1-2 min on 2 busy cores
+def test_job_step_builds_on_a_cluster_and_commits(source, tmp_path, cluster_client):
+    from spatialflow.jobs.config import parse_config
+    from spatialflow.jobs.runner import run_job
+
+    ds = _dataset(source.iloc[:12_000], 4)
+    ds.write(tmp_path / "in.icechunk", format="icechunk")
+    cfg = parse_config(
+        {
+            "repository": str(tmp_path / "out.icechunk"),
+            "inputs": {"s": {"url": str(tmp_path / "in.icechunk")}},
+            "steps": [
+                {"index_points": {"input": "s", "element": "tx", "limit": 300, "output": "ix"}}
+            ],
+        }
+    )
+    res = run_job(cfg, scheduler=cluster_client.scheduler.address)
+    assert res.status == "committed"
+    out = sf.read(tmp_path / "out.icechunk").points["ix"]
+    assert out.index is not None and out.index.description["limit"] == 300
+    direct = sf.index_points(ds, "tx", limit=300).data.compute()
+    pd.testing.assert_frame_equal(out.data.compute(), direct)
+
+
+def test_unindexed_fallback_and_errors(indexed, source):
+    ds, _ = indexed
+    plain = _dataset(source, 5)
+    with pytest.warns(UserWarning, match="no index"):
+        q = sf.viewport_query(
+            plain,
+            "tx",
+            min_coordinate=[0, 0],
+            max_coordinate=[300, 300],
+            target_coordinate_system="global",
+            genes=["g01"],
+        )
+    got = q.compute()
+    want = source[source.x.between(0, 300) & source.y.between(0, 300) & (source.gene == "g01")]
+    pd.testing.assert_frame_equal(got.drop(columns="level").sort_index(), want)
+    assert (got["level"] == 0).all() and len(q.plan.units) < plain.points["tx"].npartitions
+    kw = dict(min_coordinate=[0, 0], max_coordinate=[10, 10], target_coordinate_system="global")
+    n = ds.points["tx"].index.n_levels
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for bad in (n, -1):
+            with pytest.raises(SpatialFlowError, match="out of range"):
+                sf.viewport_query(ds, "tx", max_level=bad, **kw)
+        with pytest.raises(SpatialFlowError, match="unknown gene"):
+            sf.viewport_query(ds, "tx", genes=["nope"], **kw)
+        with pytest.raises(SpatialFlowError, match="coordinate system"):
+            sf.viewport_query(ds, "tx", **{**kw, "target_coordinate_system": "nowhere"})
+        with pytest.raises(SpatialFlowError, match="no points element"):
+            sf.viewport_query(ds, "missing", **kw)
+        with pytest.raises(SpatialFlowError, match="limit"):
+            sf.index_points(ds, "tx", limit=0)
