@@ -41,6 +41,7 @@ file, delete ``spatialflow/kernels/__pycache__/pip.*.nb*`` (or touch this file) 
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 
 import numba
@@ -54,6 +55,7 @@ __all__ = [
     "circle_bounds",
     "points_in_circles",
     "points_in_polygons",
+    "warm_up_async",
 ]
 
 _DEFAULT_CELL_FACTOR = 0.5
@@ -336,3 +338,33 @@ def points_in_circles(
     if x.size == 0 or index.n_cells == 0:
         return _empty_pairs()
     return _pic(x, y, cx, cy, r, _grid_tuple(index))
+
+
+# ---------------------------------------------------------------------------------------------
+# warming up
+
+_warm: threading.Thread | None = None
+
+
+def _warm_up() -> None:
+    square = np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0], [0.0, 0.0]])
+    polys = PolygonArrays(
+        coords=square,
+        ring_offsets=np.array([0, 5]),
+        part_ring_offsets=np.array([0, 1]),
+        geom_part_offsets=np.array([0, 1]),
+        bounds=np.array([[0.0, 0.0, 1.0, 1.0]]),
+    )
+    xy = np.array([0.5, 2.0])
+    points_in_polygons(xy, xy, polys, build_grid_index(polys.bounds))
+    r = np.ones(2)
+    points_in_circles(xy, xy, xy, xy, r, build_grid_index(circle_bounds(xy, xy, r)))
+
+
+def warm_up_async() -> None:
+    """Load (or compile) the join kernels in a background thread, once per process, so the
+    first join does not wait for numba while the plan's reads are already under way."""
+    global _warm
+    if _warm is None:
+        _warm = threading.Thread(target=_warm_up, name="spatialflow-numba-warm-up", daemon=True)
+        _warm.start()

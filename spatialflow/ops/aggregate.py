@@ -34,6 +34,7 @@ from spatialflow.elements.points import Points
 from spatialflow.elements.raster import Image, Labels
 from spatialflow.elements.shapes import Shapes
 from spatialflow.errors import PlanError, SpatialFlowError
+from spatialflow.kernels.pip import warm_up_async
 from spatialflow.plan.aggregate.common import NUMERIC_AGGS, Spec
 from spatialflow.plan.lazy import LazyTable
 from spatialflow.plan.nodes import Aggregate, Read, TransformNode
@@ -80,6 +81,7 @@ def aggregate(
         )
     if strategy not in ("auto", "broadcast", "copartition"):
         raise PlanError(f"aggregate: unknown strategy {strategy!r}")
+    warm_up_async()  # the join kernels load while the plan is built and its reads start
     spec, table_values = _spec(ds, values, v_el, value_key, agg, fractions)
     v_node = _placed(ds, values, v_el, coordinate_system, spec.value_key)
     b_node = _placed(ds, by, b_el, coordinate_system)
