@@ -236,18 +236,10 @@ def _points(
             verify_meta=False,
         )
         bounds = None if el.partition_bounds is None else _union(el.partition_bounds[parts])
-        out = Points(
-            data,
-            feature_key=el.feature_key,
-            instance_key=el.instance_key,
-            transforms=dict(el.transforms),
-            partition_bounds=bounds,
-        )
-        out.plan = read  # type: ignore[attr-defined]
-        return out
-    data = el.data if len(parts) == el.npartitions else el.data.partitions[parts]
-    data = data.map_partitions(_select_points, *select, meta=data._meta)
-    bounds = None if el.partition_bounds is None else el.partition_bounds[parts]
+    else:
+        data = el.data if len(parts) == el.npartitions else el.data.partitions[parts]
+        data = data.map_partitions(_select_points, *select, meta=data._meta)
+        bounds = None if el.partition_bounds is None else el.partition_bounds[parts]
     out = Points(
         data,
         feature_key=el.feature_key,
