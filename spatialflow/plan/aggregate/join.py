@@ -40,7 +40,7 @@ from spatialflow.plan.optimizer import source_read
 class ByPart:
     k: int
     index: np.ndarray
-    geoms: np.ndarray  # shapely polygons (circles already polygonized)
+    geoms: np.ndarray | None  # shapely polygons (circles polygonized); None unless kept
     polys: Any  # PolygonArrays
     grid: Any  # GridIndex
 
@@ -69,7 +69,10 @@ def polygonal(geoms: np.ndarray) -> np.ndarray:
     return out
 
 
-def prepare_by(gdf: Any, k: int, buffer_resolution: int) -> ByPart:
+def prepare_by(gdf: Any, k: int, buffer_resolution: int, keep_geoms: bool = True) -> ByPart:
+    """One by partition ready to join: ragged arrays and a grid index (and the shapely
+    geometries when ``keep_geoms``: only overlay joins need them, and a million of them weigh
+    gigabytes)."""
     geoms = np.asarray(gdf.geometry.values, dtype=object)
     if "radius" in gdf.columns:
         geoms = shapely.buffer(
@@ -78,7 +81,9 @@ def prepare_by(gdf: Any, k: int, buffer_resolution: int) -> ByPart:
     else:
         geoms = polygonal(geoms)
     polys = flatten_polygons(geoms)
-    return ByPart(k, gdf.index.to_numpy(), geoms, polys, build_grid_index(polys.bounds))
+    polys.inner_boxes  # computed here, once per partition, not in every join task  # noqa: B018
+    grid = build_grid_index(polys.bounds)
+    return ByPart(k, gdf.index.to_numpy(), geoms if keep_geoms else None, polys, grid)
 
 
 def by_order(el: Any) -> pd.Index | None:
@@ -121,10 +126,14 @@ def box_of(part: Any, points: bool) -> np.ndarray:
     )
 
 
-def by_side(node: Aggregate) -> tuple[Frame, list[Any], list[Any], np.ndarray]:
+def by_side(
+    node: Aggregate, keep_geoms: bool = True
+) -> tuple[Frame, list[Any], list[Any], np.ndarray]:
     by = lower_frame(node.by)
     res = int(node.options.get("buffer_resolution", 16))
-    preps = [dask.delayed(prepare_by)(p, k, res) for k, p in enumerate(by.data.to_delayed())]
+    preps = [
+        dask.delayed(prepare_by)(p, k, res, keep_geoms) for k, p in enumerate(by.data.to_delayed())
+    ]
     metas = [dask.delayed(by_meta)(p) for p in preps]
     return by, preps, metas, frame_bounds(by)
 
@@ -152,10 +161,12 @@ def frame_values(node: Aggregate, task: Callable[[Any, list[Any]], Any]) -> Valu
     )
 
 
-def lower_partition_join(node: Aggregate, spec: Spec, values: ValuesSide) -> AggregateGraph:
+def lower_partition_join(
+    node: Aggregate, spec: Spec, values: ValuesSide, keep_geoms: bool = True
+) -> AggregateGraph:
     """Join every unit of values with the by partitions whose boxes meet its own (all of them
     when broadcast); partials are reduced per by partition, then assembled in by order."""
-    by, preps, metas, by_bounds = by_side(node)
+    by, preps, metas, by_bounds = by_side(node, keep_geoms)
     per_k: dict[int, list[Any]] = {k: [] for k in range(by.npartitions)}
     nan_counts = []
     joins = 0

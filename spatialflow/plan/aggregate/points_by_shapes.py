@@ -65,6 +65,7 @@ def lower_points_by_shapes(node: Aggregate, spec: Spec) -> AggregateGraph:
                 node,
                 lambda part, by: dask.delayed(_frame_points_by_shapes, nout=2)(part, by, spec),
             ),
+            keep_geoms=False,
         )
     bounds = None if node.strategy == "broadcast" else units.bounds
     values = ValuesSide(
@@ -73,7 +74,7 @@ def lower_points_by_shapes(node: Aggregate, spec: Spec) -> AggregateGraph:
         lambda i, by: units.task(i, _points_by_shapes, by, spec, nout=2),
         (units.n_read, units.n_total),
     )
-    return lower_partition_join(node, spec, values)
+    return lower_partition_join(node, spec, values, keep_geoms=False)
 
 
 def _frame_points_by_shapes(

@@ -189,7 +189,7 @@ def lower_image_by_shapes(node: Aggregate, spec: Spec) -> AggregateGraph:
         raise PlanError(f"agg={spec.agg!r}: images aggregate with one of {NUMERIC_AGGS}")
     if len(image.axes) != 2:
         raise PlanError(f"{image.label}: 3D images by shapes is not supported")
-    by, preps, metas, by_bounds = by_side(node)
+    by, preps, metas, by_bounds = by_side(node, keep_geoms=False)
     t_img = image.transforms.get(node.coordinate_system)
     if t_img is None:
         raise PlanError(f"{image.label} has no transformation to {node.coordinate_system!r}")
