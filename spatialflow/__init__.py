@@ -59,6 +59,7 @@ _EXPORTS: dict[str, str] = {
     "transform": "spatialflow.ops.transform",
     "aggregate": "spatialflow.ops.aggregate",
     **dict.fromkeys(["bounding_box_query", "polygon_query"], "spatialflow.ops.query"),
+    **dict.fromkeys(["register", "fuse", "stitch"], "spatialflow.ops.stitch"),
     "read": "spatialflow.io",
     **dict.fromkeys(["from_spatialdata", "to_spatialdata"], "spatialflow.io.convert"),
 }
@@ -103,6 +104,9 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from spatialflow.ops.aggregate import aggregate as aggregate
     from spatialflow.ops.query import bounding_box_query as bounding_box_query
     from spatialflow.ops.query import polygon_query as polygon_query
+    from spatialflow.ops.stitch import fuse as fuse
+    from spatialflow.ops.stitch import register as register
+    from spatialflow.ops.stitch import stitch as stitch
     from spatialflow.ops.transform import transform as transform
     from spatialflow.transforms import Affine as Affine
     from spatialflow.transforms import Bijection as Bijection
