@@ -27,7 +27,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import dask
 import dask.array as da
 import numpy as np
 
@@ -115,25 +114,26 @@ class MosaicTruth:
         out = np.zeros((ys.size, xs.size))
         i0, i1 = int(np.floor((ys[0] - reach) / s)) - 1, int(np.ceil((ys[-1] + reach) / s)) + 1
         j0, j1 = int(np.floor((xs[0] - reach) / s)) - 1, int(np.ceil((xs[-1] + reach) / s)) + 1
-        jj = np.arange(j0, j1 + 1)
-        for i in range(i0, i1 + 1):
-            ii = np.full_like(jj, i)
-            k = 10 * layer
-            cy = (i + _hash_uniform(ii, jj, k, self.seed)) * s
-            cx = (jj + _hash_uniform(ii, jj, k + 1, self.seed)) * s
-            sig = smin + (smax - smin) * _hash_uniform(ii, jj, k + 2, self.seed)
-            amp = 0.5 + 0.5 * _hash_uniform(ii, jj, k + 3, self.seed)
-            keep = _hash_uniform(ii, jj, k + 4, self.seed) < p
-            amp = amp * keep * self._density(cy, cx, margin=reach)  # no blob reaches in
-            if not np.any(amp > 0):
+        ii, jj = np.meshgrid(np.arange(i0, i1 + 1), np.arange(j0, j1 + 1), indexing="ij")
+        k = 10 * layer
+        cy = (ii + _hash_uniform(ii, jj, k, self.seed)) * s
+        cx = (jj + _hash_uniform(ii, jj, k + 1, self.seed)) * s
+        sig = smin + (smax - smin) * _hash_uniform(ii, jj, k + 2, self.seed)
+        amp = 0.5 + 0.5 * _hash_uniform(ii, jj, k + 3, self.seed)
+        keep = _hash_uniform(ii, jj, k + 4, self.seed) < p
+        amp = amp * keep * self._density(cy, cx, margin=reach)  # no blob reaches into empties
+        for r in range(ii.shape[0]):  # one lattice row at a time: its blobs touch few rows
+            on = amp[r] > 0
+            if not np.any(on):
                 continue
-            rows = np.nonzero(np.abs(ys[:, None] - cy[None, amp > 0]).min(axis=1) <= reach)[0]
-            if rows.size == 0:
+            cyr, cxr, sr, ar = cy[r, on], cx[r, on], sig[r, on], amp[r, on]
+            r0 = int(np.searchsorted(ys, cyr.min() - reach))
+            r1 = int(np.searchsorted(ys, cyr.max() + reach, side="right"))
+            if r1 <= r0:
                 continue
-            r0, r1 = rows[0], rows[-1] + 1
-            gy = np.exp(-0.5 * ((ys[None, r0:r1] - cy[:, None]) / sig[:, None]) ** 2)
-            gx = np.exp(-0.5 * ((xs[None, :] - cx[:, None]) / sig[:, None]) ** 2)
-            out[r0:r1] += (gy * amp[:, None]).T @ gx
+            gy = np.exp(-0.5 * ((ys[None, r0:r1] - cyr[:, None]) / sr[:, None]) ** 2)
+            gx = np.exp(-0.5 * ((xs[None, :] - cxr[:, None]) / sr[:, None]) ** 2)
+            out[r0:r1] += (gy * ar[:, None]).T @ gx
         return out
 
     def render(self, y0: float, x0: float, shape: tuple[int, int]) -> np.ndarray:
@@ -157,15 +157,30 @@ class MosaicTruth:
         y0, x0 = self.origin
         return _to_uint16(self.render(float(y0), float(x0), self.shape))
 
-    def tile(self, name: str, with_noise: bool = True) -> np.ndarray:
-        """Tile ``name`` as uint16 (c, y, x), with this mosaic's image noise unless told not."""
+    def tile(
+        self,
+        name: str,
+        with_noise: bool = True,
+        start: tuple[int, int] = (0, 0),
+        shape: tuple[int, int] | None = None,
+    ) -> np.ndarray:
+        """Tile ``name`` (or its region of ``shape`` from index ``start``) as uint16 (c, y, x),
+        with this mosaic's image noise unless told not (the noise of a region depends on the
+        region, so a tile is generated chunk by chunk consistently)."""
+        shape = self.tile_shape if shape is None else shape
         y0, x0 = self.positions[name]
-        img = self.render(float(y0), float(x0), self.tile_shape)
+        img = self.render(float(y0) + start[0], float(x0) + start[1], shape)
         if with_noise and self.noise > 0:
             idx = sorted(self.positions).index(name)
-            rng = np.random.default_rng([self.seed, 7, idx])
+            rng = np.random.default_rng([self.seed, 7, idx, start[0], start[1]])
             img = img + rng.normal(0.0, self.noise, img.shape)
         return _to_uint16(img)
+
+
+def _tile_block(truth: MosaicTruth, name: str, block_info: dict | None = None) -> np.ndarray:
+    info = block_info[None]  # type: ignore[index]
+    (_, _), (y0, y1), (x0, x1) = info["array-location"]
+    return truth.tile(name, start=(y0, x0), shape=(y1 - y0, x1 - x0))
 
 
 def _to_uint16(img: np.ndarray) -> np.ndarray:
@@ -192,7 +207,8 @@ def tiled_mosaic(
     ``overlap`` is the nominal fraction of a tile shared with each neighbour; true positions
     add a jitter of up to +-2 px (sub-pixel unless ``subpixel=False``, which rounds them to
     integers); ``noise`` is the standard deviation of the Gaussian image noise (0: none);
-    ``chunks`` the tiles' spatial chunk size (default: one chunk per tile); ``scale_factors``
+    ``chunks`` the tiles' spatial chunk size (default: one chunk per tile; each chunk is
+    generated on its own, with its own noise); ``scale_factors``
     gives the tiles a pyramid."""
     if not (isinstance(n_rows, int) and isinstance(n_cols, int) and n_rows >= 1 and n_cols >= 1):
         raise ValidationError(
@@ -250,8 +266,14 @@ def tiled_mosaic(
     )
     images = {}
     for name in sorted(positions):
-        arr = da.from_delayed(dask.delayed(truth.tile)(name), (channels, *shape), dtype=np.uint16)
-        arr = arr.rechunk((channels, *ch))
+        arr = da.map_blocks(
+            _tile_block,
+            truth,
+            name,
+            dtype=np.uint16,
+            chunks=da.core.normalize_chunks((channels, *ch), (channels, *shape)),
+            meta=np.empty((0, 0, 0), dtype=np.uint16),
+        )
         images[name] = Image(
             arr,
             dims=("c", "y", "x"),

@@ -13,6 +13,8 @@
       - query: {input: sample, element: transcripts, axes: [x, y], min: [0, 0],
                 max: [500, 500], coordinate_system: global, output: transcripts_roi}
       - transform: {input: sample, element: cells, to: aligned, output: cells_aligned}
+      - stitch: {input: sample, tiles: "tile_*", coordinate_system: global,
+                 registered: registered, output: fused}   # + the tiles, registered
     cluster:                                # optional; default: a local cluster
       workers: 2
       threads_per_worker: 1
@@ -66,6 +68,17 @@ STEP_FIELDS: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
         "input": (str, True),
         "element": (str, True),
         "to": (str, True),
+        "output": (str, True),
+    },
+    "stitch": {
+        "input": (str, True),
+        "tiles": ((str, list), True),  # names or a glob pattern
+        "coordinate_system": (str, False),
+        "registered": (str, False),  # the coordinate system of the result (default registered)
+        "transform": (str, False),
+        "channel": ((int, str), False),
+        "blending": (str, False),  # cosine | linear | none
+        "write_tiles": (bool, False),  # also write the tiles with the registered transforms
         "output": (str, True),
     },
 }
@@ -232,6 +245,12 @@ def _steps(steps: Any, inputs: dict[str, InputConfig], where: str) -> list[Step]
             )
         if kind == "aggregate" and params.get("agg", "count") not in AGGS:
             raise ConfigError(f"{w}.agg: {params['agg']!r} is not one of {AGGS}")
+        if kind == "stitch" and params.get("blending", "cosine") not in (
+            "cosine",
+            "linear",
+            "none",
+        ):
+            raise ConfigError(f"{w}.blending: {params['blending']!r} is not cosine, linear or none")
         if kind == "query":
             for key in ("min", "max"):
                 if not all(

@@ -139,7 +139,7 @@ def measure_shift(
     max_shift: np.ndarray,
     *,
     upsample: int = 20,
-    n_peaks: int = 5,
+    n_peaks: int = 3,
     alpha: float = 0.5,
     min_overlap_fraction: float = 0.25,
 ) -> PairMeasurement:
