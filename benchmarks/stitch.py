@@ -150,7 +150,8 @@ def main() -> None:
     args = ap.parse_args()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="sf-bench-stitch-"))
     rows, tile = (8, 2048) if args.scale else (args.rows, args.tile)
-    print(json.dumps(run_case("large-tiles", rows, tile, 15.0, workdir)), flush=True)
+    if rows:  # --rows 0: only the small-tiles case
+        print(json.dumps(run_case("large-tiles", rows, tile, 15.0, workdir)), flush=True)
     if args.small_rows:
         small = run_case("small-tiles", args.small_rows, args.small_tile, 4.0, workdir)
         print(json.dumps(small), flush=True)
