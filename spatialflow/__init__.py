@@ -56,6 +56,7 @@ _EXPORTS: dict[str, str] = {
     "aggregate": "spatialflow.ops.aggregate",
     **dict.fromkeys(["bounding_box_query", "polygon_query"], "spatialflow.ops.query"),
     **dict.fromkeys(["index_points", "viewport_query"], "spatialflow.ops.index"),
+    **dict.fromkeys(["register", "fuse", "stitch"], "spatialflow.ops.stitch"),
     "read": "spatialflow.io",
     **dict.fromkeys(["ring_density", "smooth_density"], "spatialflow.ops.density"),
     **dict.fromkeys(["rasterize", "to_circles", "get_extent"], "spatialflow.ops.geometry"),
@@ -109,6 +110,9 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from spatialflow.ops.index import viewport_query as viewport_query
     from spatialflow.ops.query import bounding_box_query as bounding_box_query
     from spatialflow.ops.query import polygon_query as polygon_query
+    from spatialflow.ops.stitch import fuse as fuse
+    from spatialflow.ops.stitch import register as register
+    from spatialflow.ops.stitch import stitch as stitch
     from spatialflow.ops.transform import transform as transform
     from spatialflow.transforms import align_landmarks as align_landmarks
     from spatialflow.transforms import get_transformation as get_transformation

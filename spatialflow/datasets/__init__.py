@@ -6,7 +6,15 @@ vendor output folders for the readers. Everything here is lazy where it can be a
 reproducible from its seed.
 """
 
+from spatialflow.datasets.mosaic import MosaicTruth, tiled_mosaic
 from spatialflow.datasets.vendor import write_vendor_sample
 from spatialflow.datasets.xenium import CELL_TYPES, XeniumLike, xenium_like
 
-__all__ = ["CELL_TYPES", "XeniumLike", "write_vendor_sample", "xenium_like"]
+__all__ = [
+    "CELL_TYPES",
+    "MosaicTruth",
+    "XeniumLike",
+    "tiled_mosaic",
+    "write_vendor_sample",
+    "xenium_like",
+]

@@ -15,6 +15,8 @@
       - transform: {input: sample, element: cells, to: aligned, output: cells_aligned}
       - index_points: {input: sample, element: transcripts, limit: 10000, seed: 0,
                        output: transcripts_indexed}
+      - stitch: {input: sample, tiles: "tile_*", coordinate_system: global,
+                 registered: registered, output: fused}   # + the tiles, registered
     cluster:                                # optional; default: a local cluster
       workers: 2
       threads_per_worker: 1
@@ -81,6 +83,17 @@ STEP_FIELDS: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
         "limit": (int, False),
         "seed": (int, False),
         "row_group_rows": (int, False),
+        "output": (str, True),
+    },
+    "stitch": {
+        "input": (str, True),
+        "tiles": ((str, list), True),  # names or a glob pattern
+        "coordinate_system": (str, False),
+        "registered": (str, False),  # the coordinate system of the result (default registered)
+        "transform": (str, False),
+        "channel": ((int, str), False),
+        "blending": (str, False),  # cosine | linear | none
+        "write_tiles": (bool, False),  # also write the tiles with the registered transforms
         "output": (str, True),
     },
 }
@@ -250,6 +263,12 @@ def _steps(steps: Any, inputs: dict[str, InputConfig], where: str) -> list[Step]
             )
         if kind == "aggregate" and params.get("agg", "count") not in AGGS:
             raise ConfigError(f"{w}.agg: {params['agg']!r} is not one of {AGGS}")
+        if kind == "stitch" and params.get("blending", "cosine") not in (
+            "cosine",
+            "linear",
+            "none",
+        ):
+            raise ConfigError(f"{w}.blending: {params['blending']!r} is not cosine, linear or none")
         if kind == "query":
             for key in ("min", "max"):
                 if not all(

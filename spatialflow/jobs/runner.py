@@ -210,6 +210,28 @@ def _index_points_step(step: Step, ds: Dataset, elements: Dataset, tables: dict[
     _put(elements, step.output, out)
 
 
+def _stitch_step(step: Step, ds: Dataset, elements: Dataset, tables: dict[str, Any]) -> None:
+    from spatialflow.ops.stitch import stitch
+
+    p = step.params
+    blending = p.get("blending", "cosine")
+    tables[step.output] = StitchStep(
+        stitch(
+            ds,
+            p["tiles"],
+            coordinate_system=p.get("coordinate_system", "global"),
+            registered=p.get("registered", "registered"),
+            transform=p.get("transform", "translation"),
+            channel=p.get("channel", 0),
+            blending=None if blending == "none" else blending,
+        ),
+        ds,
+        step.output,
+        p.get("registered", "registered"),
+        p.get("write_tiles", True),
+    )
+
+
 StepRunner = Callable[[Step, Dataset, Dataset, dict[str, Any]], None]
 # one entry per step kind of jobs/config.py's STEP_FIELDS: (step, input, outputs, lazy tables)
 STEP_RUNNERS: dict[str, StepRunner] = {
@@ -218,7 +240,40 @@ STEP_RUNNERS: dict[str, StepRunner] = {
     "transform": _transform_step,
     "ingest": _ingest_step,
     "index_points": _index_points_step,
+    "stitch": _stitch_step,
 }
+
+
+# --- stitch steps: registration runs on the cluster, then fusion joins the one commit --------
+@dataclass
+class StitchStep:
+    """A pending ``stitch`` step: its registration must run (on the job's cluster) before the
+    fused image's graph exists; the fused image and the registered tiles then join the one
+    commit, and the registration report goes into the commit metadata."""
+
+    lazy: Any
+    ds: Dataset
+    output: str
+    registered: str
+    write_tiles: bool
+
+    def explain(self, print_: bool = True) -> str:
+        return self.lazy.explain(print_=print_)
+
+    def resolve(self, elements: Dataset) -> dict[str, Any]:
+        result = self.lazy.compute()
+        elements.images[self.output] = result.image
+        if self.write_tiles:
+            for name, el in result.registration.apply(self.ds, self.registered).items():
+                if name in result.registration.transforms:
+                    elements.images[name] = el
+        return result.registration.report()
+
+
+def _resolve_stitches(tables: dict[str, Any], elements: Dataset, metadata: dict) -> None:
+    for name in [n for n, t in tables.items() if isinstance(t, StitchStep)]:
+        step = tables.pop(name)
+        metadata.setdefault("stitch", {})[name] = step.resolve(elements)
 
 
 # --- running -----------------------------------------------------------------------------------
@@ -287,6 +342,7 @@ def run_job(
     with cluster(config.cluster, scheduler) as client:
         if on_client is not None:
             on_client(client)
+        _resolve_stitches(tables, elements, metadata)
         metadata["timings"] = {"prepare_seconds": round(time.perf_counter() - t0, 3)}
         snap = commit_dataset(
             repo,
