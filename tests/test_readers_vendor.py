@@ -83,7 +83,7 @@ def _compare(ds: sf.Dataset, ref: object) -> None:
         feature = b.attrs["spatialdata_attrs"]["feature_key"]
         fa, fb = a.compute(), b.compute()
         assert set(fa[feature].cat.categories) == set(fb[feature].cat.categories), name
-        fa = fa[list(fb.columns)]
+        fa, fb = _str_dtypes(fa[list(fb.columns)]), _str_dtypes(fb)
         for f in (fa, fb):
             f[feature] = f[feature].astype(str)
         pd.testing.assert_frame_equal(fa, fb, check_exact=True, obj=f"points/{name}")
