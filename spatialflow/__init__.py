@@ -55,6 +55,8 @@ _EXPORTS: dict[str, str] = {
     "transform": "spatialflow.ops.transform",
     "aggregate": "spatialflow.ops.aggregate",
     **dict.fromkeys(["bounding_box_query", "polygon_query"], "spatialflow.ops.query"),
+    **dict.fromkeys(["annotate", "link"], "spatialflow.ops.links"),
+    **dict.fromkeys(["join", "get_values"], "spatialflow.ops.join"),
     "read": "spatialflow.io",
     **dict.fromkeys(["from_spatialdata", "to_spatialdata"], "spatialflow.io.convert"),
 }
@@ -97,6 +99,10 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from spatialflow.io.convert import from_spatialdata as from_spatialdata
     from spatialflow.io.convert import to_spatialdata as to_spatialdata
     from spatialflow.ops.aggregate import aggregate as aggregate
+    from spatialflow.ops.join import get_values as get_values
+    from spatialflow.ops.join import join as join
+    from spatialflow.ops.links import annotate as annotate
+    from spatialflow.ops.links import link as link
     from spatialflow.ops.query import bounding_box_query as bounding_box_query
     from spatialflow.ops.query import polygon_query as polygon_query
     from spatialflow.ops.transform import transform as transform

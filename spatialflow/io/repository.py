@@ -25,6 +25,7 @@ from spatialflow.elements import KINDS
 from spatialflow.elements.points import Points
 from spatialflow.elements.shapes import Shapes
 from spatialflow.errors import FormatError, SpatialFlowError
+from spatialflow.io.links import apply_links_attrs
 from spatialflow.io.location import Location
 from spatialflow.io.native import read_native_frame
 from spatialflow.io.sdformat import element_groups, read_raster_group, read_table_group
@@ -137,6 +138,7 @@ def read_session(session: Any, where: str) -> Dataset:
                 raise
             except SpatialFlowError as e:
                 raise FormatError(f"{loc}: {e}") from e
+    apply_links_attrs(ds, root.attrs.asdict(), where)  # links, linked elements
     return ds
 
 

@@ -48,6 +48,7 @@ from spatialflow.elements.raster import Image, Labels, RasterElement
 from spatialflow.elements.shapes import Shapes
 from spatialflow.elements.table import Table
 from spatialflow.errors import FormatError, SpatialFlowError
+from spatialflow.io.links import apply_links_attrs
 from spatialflow.io.location import Location
 from spatialflow.io.native import exact_dtypes
 from spatialflow.io.sdtransforms import read_transforms
@@ -147,6 +148,7 @@ def read_spatialdata(loc: Location, legacy: bool = False) -> Dataset:
                     getattr(ds, kind)[name] = el
                 except SpatialFlowError as e:
                     raise FormatError(f"{where}: {e}") from e
+        apply_links_attrs(ds, root.attrs.asdict(), loc.url)  # links, linked elements
     return ds
 
 
