@@ -20,6 +20,7 @@ written: pass them again when reading.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import warnings
@@ -38,6 +39,7 @@ from spatialflow.elements.linked import (
 from spatialflow.elements.links import Link
 from spatialflow.errors import FormatError, SpatialFlowError, ValidationError
 from spatialflow.io.location import location
+from spatialflow.io.native import exact_dtypes
 from spatialflow.io.sdtransforms import read_transforms, write_transforms
 
 if TYPE_CHECKING:
@@ -204,7 +206,7 @@ def _load_points(el: Any, src: ExternalSource, so: dict | None) -> Element:
             src.url, blocksize=opts.get("blocksize", "64MB"), storage_options=so, **read_options
         )
     else:
-        ddf = dd.read_parquet(src.url, storage_options=so, **read_options)
+        ddf = _read_parquet_row_groups(src.url, so, geo=False)
     renames = {opts[a]: a for a in ("x", "y", "z") if opts.get(a) and opts[a] != a}
     if renames:
         ddf = ddf.rename(columns=renames)
@@ -234,16 +236,88 @@ def _json_list(values: list[Any]) -> list[Any]:
 
 
 def _load_shapes(el: Any, src: ExternalSource, so: dict | None) -> Element:
-    import dask_geopandas
-
     from spatialflow.elements.shapes import Shapes
 
-    gdf = dask_geopandas.read_parquet(
-        src.url, storage_options=so, **dict(src.options.get("read_options") or {})
-    )
-    if gdf.index.name == "__index_level_0__":
-        gdf = gdf.rename_axis(None)
-    return Shapes(gdf, transforms=el.transforms)
+    return Shapes(_read_parquet_row_groups(src.url, so, geo=True), transforms=el.transforms)
+
+
+def _read_row_group(url: str, so: dict | None, path: str, rg: int, offset: int, geo: bool) -> Any:
+    """One row group as pandas/geopandas; a stored RangeIndex continues from ``offset``."""
+    import pyarrow.parquet as pq
+
+    fs = location(url, so).fs
+    if rg < 0:  # a file without row groups: one empty partition
+        with fs.open(path, "rb") as f:
+            return _frame(pq.ParquetFile(f).schema_arrow.empty_table(), geo, 0)
+    with fs.open(path, "rb") as f:
+        pf = pq.ParquetFile(f)
+        table = pf.read_row_group(rg)
+    return _frame(table, geo, offset)
+
+
+def _frame(table: Any, geo: bool, offset: int) -> Any:
+    import json
+
+    if geo:
+        from geopandas.io.arrow import _arrow_to_geopandas  # what geopandas.read_parquet uses
+
+        meta = json.loads((table.schema.metadata or {}).get(b"geo", b"{}"))
+        df = _arrow_to_geopandas(table, meta)
+    else:
+        df = table.to_pandas()
+    pandas_meta = table.schema.pandas_metadata or {}
+    for ix in pandas_meta.get("index_columns", []):
+        if isinstance(ix, dict) and ix.get("kind") == "range":
+            step = int(ix.get("step", 1))
+            start = int(ix.get("start", 0)) + offset * step
+            df.index = pd.RangeIndex(start, start + len(df) * step, step, name=ix.get("name"))
+    if df.index.name in ("__index_level_0__", "__null_dask_index__"):
+        df.index.name = None
+    return df
+
+
+def _read_parquet_row_groups(url: str, so: dict | None, geo: bool) -> Any:
+    """A Parquet file or directory of parts as a Dask frame, one partition per row group
+    (footers read now, rows when computed); a stored RangeIndex stays global."""
+    import dask.dataframe as dd
+    import pyarrow.parquet as pq
+
+    loc = location(url, so)
+    if loc.fs.isdir(loc.path):
+        files = sorted(f for f in loc.fs.find(loc.path) if f.endswith(".parquet"))
+    else:
+        files = [loc.path]
+    if not files:
+        raise ValidationError(f"{url} holds no .parquet files")
+    parts: list[tuple[str, int, int]] = []
+    offset = 0
+    schema = None
+    for path in files:
+        with loc.fs.open(path, "rb") as f:
+            pf = pq.ParquetFile(f)
+            schema = schema or pf.schema_arrow
+            for rg in range(pf.metadata.num_row_groups):
+                parts.append((path, rg, offset))
+                offset += pf.metadata.row_group(rg).num_rows
+    assert schema is not None
+    if geo and b"geo" not in (schema.metadata or {}):
+        raise ValidationError(f"{url} is not GeoParquet (no 'geo' metadata)")
+    meta = _frame(schema.empty_table(), geo, 0)
+    if not parts:
+        parts = [(files[0], -1, 0)]
+    with exact_dtypes() if geo else contextlib.nullcontext():  # geopandas converts no strings
+        return dd.from_map(
+            _read_row_group,
+            [url] * len(parts),
+            [so] * len(parts),
+            [p for p, _, _ in parts],
+            [rg for _, rg, _ in parts],
+            [o for _, _, o in parts],
+            [geo] * len(parts),
+            meta=meta,
+            enforce_metadata=False,
+            label="read-linked-parquet",
+        )
 
 
 class _TiffLevel:

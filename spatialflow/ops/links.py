@@ -26,6 +26,7 @@ import pandas as pd
 
 from spatialflow.dataset import Dataset
 from spatialflow.elements.base import Element
+from spatialflow.elements.linked import is_linked
 from spatialflow.elements.links import METHODS, PREDICATES, Link
 from spatialflow.elements.raster import Labels
 from spatialflow.elements.table import Table
@@ -90,6 +91,9 @@ def annotate(
         raise ValidationError(
             f"{what}: region_key {region_key!r} is not an obs column (obs: {list(obs.columns)})"
         )
+    if method in ("index", "sjoin"):
+        for name in (element, via):
+            _index_usable(ds, name, what)
     if method == "sjoin":
         if predicate not in PREDICATES:
             raise ValidationError(
@@ -157,6 +161,18 @@ def annotate(
     )
     _check_unique(tab, lk, what)
     return ds.links.add(lk)
+
+
+def _index_usable(ds: Dataset, name: str | None, what: str) -> None:
+    """CSV points read in blocks number their rows per block: their index is no instance id."""
+    if name is None or name not in ds:
+        return
+    el = ds[name]
+    if is_linked(el) and el.source.kind == "points" and el.source.options.get("format") == "csv":
+        raise ValidationError(
+            f"{what}: {name!r} is linked to a CSV file, whose rows have no global index; "
+            "link by a column of ids instead (method=<column name>)"
+        )
 
 
 def _transform(ds: Dataset, name: str, cs: str, what: str) -> Any:
@@ -267,7 +283,9 @@ def link(
     """Mount the external file at ``url`` as element ``name`` of ``ds`` without reading it.
 
     ``kind``: ``points`` (CSV or Parquet; options ``format``, ``x``/``y``/``z`` column names,
-    ``feature_key``, ``instance_key``, ``categories``, ``blocksize``, ``read_options``),
+    ``feature_key``, ``instance_key``, ``categories``, ``blocksize``, ``read_options`` for
+    pandas' read_csv; CSV rows have no global row number, so tables link to CSV points by a
+    column, not by index),
     ``shapes`` (GeoParquet), ``image`` (OME-TIFF; ``series``, ``chunks``, ``channel_names``)
     or ``table`` (h5ad or AnnData zarr; ``region``, ``region_key``, ``instance_key``).
     ``transforms`` as for any element (default: identity to ``global``). Returns the linked
