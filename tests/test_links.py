@@ -509,3 +509,24 @@ def test_changed_and_missing_files(tmp_path):
     os.remove(files["geoparquet"])
     with pytest.raises(sf.FormatError, match=r"lazy link 'cells'.*does not exist"):
         _ = ds.shapes["cells"].data
+
+
+def test_links_to_removed_elements_do_not_break_a_store(tmp_path):
+    ds = random_ds(8)
+    other = ad.AnnData(
+        obs=pd.DataFrame({"cell": np.arange(30)}, index=[f"c{i}" for i in range(30)])
+    )
+    ds.tables["meta"] = Table(other)
+    sf.annotate(ds, "cell_shapes", "meta", table_key="cell")
+    store = tmp_path / "s.zarr"
+    ds.write(store)
+    assert set(sf.read(store).links.explicit()) == set(ds.links.explicit())
+    import zarr
+
+    root = zarr.open_group(store, mode="r+")
+    attrs = root.attrs["spatialflow_links"]
+    attrs["links"][0]["element"] = "removed_by_another_tool"
+    root.attrs["spatialflow_links"] = attrs
+    with pytest.warns(UserWarning, match="skipped"):
+        back = sf.read(store)
+    assert back.links.explicit() == [] and back.links.tables_of("cell_shapes") == ["table"]

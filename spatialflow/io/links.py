@@ -471,7 +471,14 @@ def links_attrs(ds: Dataset, materialize: bool = False) -> dict[str, Any] | None
     external = {
         name: source_json(el) for name, el in ds.items() if is_linked(el) and not materialize
     }
-    explicit = [lk.to_json() for lk in ds.links.explicit()]
+    explicit = []
+    for lk in ds.links.explicit():
+        try:
+            ds.links.check(lk)
+        except SpatialFlowError as e:  # an element was removed after the link was made
+            log.warning("not writing the link %s: %s", lk.describe(), e)
+            continue
+        explicit.append(lk.to_json())
     if not external and not explicit:
         return None
     return {"version": ATTRS_VERSION, "links": explicit, "external": external}
@@ -527,7 +534,13 @@ def apply_links_attrs(ds: Dataset, attrs: Mapping[str, Any], where: str) -> None
         except SpatialFlowError as e:
             raise FormatError(f"{here}: {e}") from e
     for d in data.get("links") or []:
+        if not isinstance(d, dict):
+            raise FormatError(f"{where}: {ATTRS_KEY}.links holds {d!r}, not a link record")
         try:
-            ds.links.add(Link.from_json(dict(d), f"{where}: {ATTRS_KEY}.links"))
+            lk = Link.from_json(dict(d), f"{where}: {ATTRS_KEY}.links")
         except SpatialFlowError as e:
             raise FormatError(f"{where}: {e}") from e
+        try:
+            ds.links.add(lk)
+        except SpatialFlowError as e:  # e.g. another tool removed an element of the link
+            warnings.warn(f"{where}: link {lk.describe()} skipped: {e}", UserWarning, stacklevel=3)
