@@ -57,6 +57,8 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["bounding_box_query", "polygon_query"], "spatialflow.ops.query"),
     **dict.fromkeys(["index_points", "viewport_query"], "spatialflow.ops.index"),
     **dict.fromkeys(["register", "fuse", "stitch"], "spatialflow.ops.stitch"),
+    **dict.fromkeys(["annotate", "link"], "spatialflow.ops.links"),
+    **dict.fromkeys(["join", "get_values"], "spatialflow.ops.join"),
     "read": "spatialflow.io",
     **dict.fromkeys(["ring_density", "smooth_density"], "spatialflow.ops.density"),
     **dict.fromkeys(["rasterize", "to_circles", "get_extent"], "spatialflow.ops.geometry"),
@@ -108,6 +110,10 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from spatialflow.ops.geometry import to_circles as to_circles
     from spatialflow.ops.index import index_points as index_points
     from spatialflow.ops.index import viewport_query as viewport_query
+    from spatialflow.ops.join import get_values as get_values
+    from spatialflow.ops.join import join as join
+    from spatialflow.ops.links import annotate as annotate
+    from spatialflow.ops.links import link as link
     from spatialflow.ops.query import bounding_box_query as bounding_box_query
     from spatialflow.ops.query import polygon_query as polygon_query
     from spatialflow.ops.stitch import fuse as fuse

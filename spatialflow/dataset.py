@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from spatialflow.elements import KINDS
 from spatialflow.elements.base import Element, check_name
+from spatialflow.elements.links import LinkGraph
 from spatialflow.elements.table import Table
 from spatialflow.errors import ValidationError
 from spatialflow.transforms.graph import TransformGraph
@@ -98,6 +99,7 @@ class Dataset:
         }
         for kind in KINDS:
             object.__setattr__(self, kind, ElementMap(self, kind))
+        object.__setattr__(self, "_links", LinkGraph(self))
         for kind, elements in given.items():
             for name, el in (elements or {}).items():
                 getattr(self, kind)[name] = el
@@ -151,14 +153,22 @@ class Dataset:
     def tables_annotating(self, name: str) -> dict[str, Table]:
         return {n: t for n, t in self.tables.items() if t.annotates(name)}
 
+    @property
+    def links(self) -> LinkGraph:
+        """The element-table link graph: ``ds.links.tables_of(element)``,
+        ``ds.links.elements_of(table)`` (tables' regions plus ``sf.annotate`` links)."""
+        return self._links
+
     def validate_links(self) -> None:
-        """Check that every table's region names elements of this Dataset."""
+        """Check that every table's region, and every annotate link, names elements of this
+        Dataset."""
         for name, table in self.tables.items():
-            missing = [r for r in table.region if r not in self]
+            missing = [r for r in table.__dict__.get("region", []) if r not in self]
             if missing:
                 raise ValidationError(
                     f"Table {name!r}: region {missing} names no element of this Dataset"
                 )
+        self._links.validate()
 
     # --- storage ---------------------------------------------------------------------
     def write(
@@ -170,6 +180,7 @@ class Dataset:
         branch: str = "main",
         overwrite: bool = False,
         storage_options: dict[str, Any] | None = None,
+        materialize: bool = False,
     ) -> str | None:
         """Write every element to ``url`` (a path or fsspec URL; ``storage_options`` as for
         fsspec, e.g. ``{"endpoint_url": ..., "key": ..., "secret": ...}`` for S3).
@@ -183,7 +194,10 @@ class Dataset:
         ``s3://``; created if needed), written by Dask tasks (on the active distributed client
         if there is one) into one fork and committed once on ``branch`` with ``message``;
         elements of the same name are replaced, others kept. If any task fails nothing is
-        committed. Returns the new snapshot id (None for the SpatialData layout)."""
+        committed. Returns the new snapshot id (None for the SpatialData layout).
+        Elements linked to external files (``sf.link``) are written as links (location,
+        options, fingerprint in the root attributes), not as data, unless
+        ``materialize=True``; the link graph (``ds.links``) is written with them."""
         from spatialflow.io import write
 
         return write(
@@ -194,6 +208,7 @@ class Dataset:
             branch=branch,
             overwrite=overwrite,
             storage_options=storage_options,
+            materialize=materialize,
         )
 
     def to_spatialdata(self) -> Any:
@@ -217,6 +232,10 @@ class Dataset:
         for cs_name in cs:
             members = [n for n, el in self.items() if cs_name in el.transforms]
             lines.append(f"    {cs_name}: {', '.join(members)}")
+        links = list(self._links)
+        if links:
+            lines.append("  links:")
+            lines.extend(f"    {lk.describe()}" for lk in links)
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:

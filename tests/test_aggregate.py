@@ -394,7 +394,7 @@ def test_stored_points_by_shapes_equal_spatialdata(tmp_path, layout, tkey):
     url = tmp_path / ("s.zarr" if layout == "spatialdata" else "r.icechunk")
     ds.write(url, format=layout, message="m")
     stored = sf.read(url)
-    assert stored.points["pts"].source is not None
+    assert stored.points["pts"].column_source is not None
     assert stored.points["pts"].npartitions > 4
     ours = sf.aggregate(stored, "pts", "by", value_key="gene", coordinate_system=cs).compute()
     _compare(ours, _oracle(sdata, "gene", "count", cs))

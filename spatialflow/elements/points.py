@@ -41,7 +41,7 @@ class Points(PartitionedElement):
         partition_bounds: Any = None,
         rows_per_partition: int = DEFAULT_ROWS_PER_PARTITION,
         spatial_sort: bool = True,
-        source: ColumnSource | None = None,
+        column_source: ColumnSource | None = None,
         index: PointsIndex | None = None,
     ) -> None:
         super().__init__(transforms=transforms, name=name)
@@ -60,14 +60,14 @@ class Points(PartitionedElement):
         self._check_schema(data._meta)
         self.data: dd.DataFrame = data
         self._set_bounds(partition_bounds)
-        if source is not None and source.npartitions != self.npartitions:
+        if column_source is not None and column_source.npartitions != self.npartitions:
             raise self.error(
-                "source",
-                f"the column source has {source.npartitions} partitions, the data "
+                "column_source",
+                f"the column source has {column_source.npartitions} partitions, the data "
                 f"{self.npartitions}",
             )
         #: reads partitions straight into numpy (set by readers; see elements/sources.py)
-        self.source = source
+        self.column_source = column_source
 
     # --- validation ------------------------------------------------------------------
     def _check_schema(self, meta: pd.DataFrame) -> None:

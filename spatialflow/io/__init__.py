@@ -59,6 +59,7 @@ def write(
     branch: str = "main",
     overwrite: bool = False,
     storage_options: dict[str, Any] | None = None,
+    materialize: bool = False,
 ) -> str | None:
     """Write ``ds`` to ``url`` in ``format`` (see :meth:`spatialflow.Dataset.write`)."""
     from spatialflow.errors import ValidationError
@@ -67,12 +68,16 @@ def write(
     if format == "spatialdata":
         from spatialflow.io.sdwriter import write_spatialdata
 
-        write_spatialdata(ds, loc, overwrite=overwrite)
+        write_spatialdata(ds, loc, overwrite=overwrite, materialize=materialize)
         return None
     if format == "icechunk":
         from spatialflow.io.icechunk_writer import write_repository
 
         return write_repository(
-            ds, loc, branch=branch, message=message or f"write {len(ds)} elements"
+            ds,
+            loc,
+            branch=branch,
+            message=message or f"write {len(ds)} elements",
+            materialize=materialize,
         )
     raise ValidationError(f"unknown format {format!r}; use 'spatialdata' or 'icechunk'")

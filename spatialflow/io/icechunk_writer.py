@@ -50,6 +50,8 @@ from spatialflow.elements.raster import RasterElement
 from spatialflow.elements.shapes import Shapes
 from spatialflow.elements.table import Table
 from spatialflow.errors import CommitConflictError, FormatError
+from spatialflow.io.links import ATTRS_KEY as LINKS_KEY
+from spatialflow.io.links import merged_links_attrs, written_elements
 from spatialflow.io.native import frame_schema, native_attrs, write_frame_partition
 from spatialflow.io.sdformat import CONTAINER_VERSION
 from spatialflow.io.sdwriter import WRITE_ALL_CHUNKS, create_raster_nodes, write_table
@@ -124,12 +126,14 @@ def plan_writes(
     fork_holder: list[Any],
     ds: Dataset,
     prepare: Callable[[zarr.Group], None] | None = None,
+    materialize: bool = False,
 ) -> WritePlan:
     """Create nodes for every element of ``ds`` in ``session``; return the delayed writes.
 
     ``prepare(root)`` may create or delete more nodes in the coordinator's session (after the
     elements' nodes, before the fork). ``fork_holder`` receives the one fork (created after
-    all nodes exist)."""
+    all nodes exist). Elements linked to external files are recorded as links in the root
+    attributes (only when the link attribute changes), not written, unless ``materialize``."""
     root = zarr.open_group(session.store, mode="a", zarr_format=3)
     if not root.attrs.get("spatialdata_attrs"):
         root.attrs.update(
@@ -138,10 +142,12 @@ def plan_writes(
                 "spatialflow": {"layout": "native"},
             }
         )
+    _update_links_attrs(root, ds, materialize)
+    written = written_elements(ds, materialize)
     pending: list[tuple[str, Any]] = []
     for kind in KINDS:
-        elements = getattr(ds, kind)
-        if not len(elements):
+        elements = {n: el for n, el in getattr(ds, kind).items() if n in written}
+        if not elements:
             continue
         kind_group = root.require_group(kind)
         for name, el in elements.items():
@@ -189,6 +195,19 @@ def plan_writes(
                     )
                 )
     return plan
+
+
+def _update_links_attrs(root: zarr.Group, ds: Dataset, materialize: bool) -> None:
+    """Merge ``ds``'s links and external sources into the root attribute; untouched when
+    nothing changes, so jobs that do not change links never edit the shared root attrs."""
+    old = root.attrs.get(LINKS_KEY)
+    new = merged_links_attrs(old, ds, materialize)
+    if new == old:
+        return
+    if new is None:
+        del root.attrs[LINKS_KEY]
+    else:
+        root.attrs.update({LINKS_KEY: new})
 
 
 def _frame_group(group: zarr.Group, el: Points | Shapes, path: str) -> tuple[dict, str | None]:
@@ -271,6 +290,7 @@ def commit_dataset(
     prepare: Callable[[zarr.Group], None] | None = None,
     tables: dict[str, Any] | None = None,
     finish_table: Callable[[str, Any], Any] | None = None,
+    materialize: bool = False,
 ) -> str:
     """Write every element of ``ds`` into ``branch`` of ``repo`` in one commit; its snapshot id.
 
@@ -290,7 +310,7 @@ def commit_dataset(
             "(repo.create_branch) or write to an existing branch"
         ) from e
     holder: list[Any] = []
-    plan = plan_writes(session, holder, ds, prepare)
+    plan = plan_writes(session, holder, ds, prepare, materialize)
     tasks = list(plan.tasks)
     if extra_tasks is not None:
         tasks.extend(extra_tasks(holder[0]))
@@ -317,7 +337,9 @@ def commit_dataset(
         ) from e
 
 
-def write_repository(ds: Dataset, loc: Any, *, branch: str = "main", message: str) -> str:
+def write_repository(
+    ds: Dataset, loc: Any, *, branch: str = "main", message: str, materialize: bool = False
+) -> str:
     """Open (or create) the repository at ``loc`` and commit ``ds`` into ``branch``."""
     from spatialflow._version import __version__
     from spatialflow.io.location import detect_layout
@@ -335,4 +357,5 @@ def write_repository(ds: Dataset, loc: Any, *, branch: str = "main", message: st
         branch=branch,
         message=message,
         metadata={"spatialflow_version": __version__, "elements": [n for n, _ in ds.items()]},
+        materialize=materialize,
     )

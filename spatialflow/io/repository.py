@@ -26,6 +26,7 @@ from spatialflow.elements.points import Points
 from spatialflow.elements.shapes import Shapes
 from spatialflow.errors import FormatError, SpatialFlowError
 from spatialflow.io.columns import NativePartitions
+from spatialflow.io.links import apply_links_attrs
 from spatialflow.io.location import Location
 from spatialflow.io.native import read_native_frame
 from spatialflow.io.sdformat import element_groups, read_raster_group, read_table_group
@@ -138,6 +139,7 @@ def read_session(session: Any, where: str) -> Dataset:
                 raise
             except SpatialFlowError as e:
                 raise FormatError(f"{loc}: {e}") from e
+    apply_links_attrs(ds, root.attrs.asdict(), where)  # links, linked elements
     return ds
 
 
@@ -172,7 +174,7 @@ def _read_frame(store: Any, path: str, attrs: dict[str, Any], kind: str, where: 
             instance_key=sd.get("instance_key"),
             transforms=transforms,
             partition_bounds=bounds,
-            source=source,
+            column_source=source,
         )
         if "points_index" in attrs:  # a multiscale index (io/points_index.py)
             from spatialflow.io.points_index import read_native_index

@@ -49,6 +49,7 @@ from spatialflow.elements.shapes import Shapes
 from spatialflow.elements.table import Table
 from spatialflow.errors import FormatError, SpatialFlowError
 from spatialflow.io.columns import ParquetRowGroups, points_frame, with_categories
+from spatialflow.io.links import apply_links_attrs
 from spatialflow.io.location import Location
 from spatialflow.io.native import exact_dtypes
 from spatialflow.io.sdtransforms import read_transforms
@@ -148,6 +149,7 @@ def read_spatialdata(loc: Location, legacy: bool = False) -> Dataset:
                     getattr(ds, kind)[name] = el
                 except SpatialFlowError as e:
                     raise FormatError(f"{where}: {e}") from e
+        apply_links_attrs(ds, root.attrs.asdict(), loc.url)  # links, linked elements
     return ds
 
 
@@ -396,7 +398,7 @@ def _read_points(loc: Location, path: str, group: zarr.Group, where: str) -> Poi
         instance_key=sd_attrs.get("instance_key"),
         transforms=read_transforms(attrs.get("coordinateTransformations"), where),
         partition_bounds=None if any(b is None for b in bounds) else np.vstack(bounds),
-        source=ParquetRowGroups(loc.fs, [(f, rg) for f, rg, _ in groups], categories),
+        column_source=ParquetRowGroups(loc.fs, [(f, rg) for f, rg, _ in groups], categories),
     )
     extra = attrs.get("spatialflow")
     if isinstance(extra, dict) and "points_index" in extra:  # a multiscale index

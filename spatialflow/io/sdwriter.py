@@ -45,6 +45,8 @@ from spatialflow.elements.raster import Image, RasterElement
 from spatialflow.elements.shapes import Shapes
 from spatialflow.elements.table import Table
 from spatialflow.errors import FormatError
+from spatialflow.io.links import ATTRS_KEY as LINKS_KEY
+from spatialflow.io.links import links_attrs, written_elements
 from spatialflow.io.location import Location, detect_layout
 from spatialflow.io.sdformat import (
     CONTAINER_VERSION,
@@ -108,12 +110,15 @@ def _scheduler(loc: Location) -> Any:
     return contextlib.nullcontext()
 
 
-def write_spatialdata(ds: Dataset, loc: Location, overwrite: bool = False) -> None:
-    """Write ``ds`` in the SpatialData 0.8 layout at ``loc``."""
+def write_spatialdata(
+    ds: Dataset, loc: Location, overwrite: bool = False, materialize: bool = False
+) -> None:
+    """Write ``ds`` in the SpatialData 0.8 layout at ``loc`` (elements linked to external
+    files as links in the root attributes, or as data with ``materialize=True``)."""
     target = _check_target(loc, overwrite)
     try:
         with Quiet(), _scheduler(loc):
-            _write_container(ds, loc, replace=target == "store")
+            _write_container(ds, loc, replace=target == "store", materialize=materialize)
     except BaseException:
         with contextlib.suppress(Exception):
             _undo(loc, target)
@@ -132,7 +137,7 @@ def _undo(loc: Location, target: str) -> None:
         loc.fs.rm(loc.path, recursive=True)
 
 
-def _write_container(ds: Dataset, loc: Location, replace: bool) -> None:
+def _write_container(ds: Dataset, loc: Location, replace: bool, materialize: bool = False) -> None:
     _drop_consolidated(loc)  # first: zarr would list children from it
     store = loc.zarr_store()
     root = zarr.open_group(store, mode="a", zarr_format=3, use_consolidated=False)
@@ -144,7 +149,8 @@ def _write_container(ds: Dataset, loc: Location, replace: bool) -> None:
             }
         }
     )
-    for kind, name, el in _elements(ds):
+    _write_links_attrs(root, ds, materialize)
+    for kind, name, el in _elements(ds, materialize):
         kind_group = root.require_group(kind)
         _write_element_atomically(loc, root, kind, name, el)
         if kind == "labels":
@@ -155,10 +161,21 @@ def _write_container(ds: Dataset, loc: Location, replace: bool) -> None:
     zarr.consolidate_metadata(store)
 
 
-def _elements(ds: Dataset) -> Iterator[tuple[str, str, Any]]:
+def _elements(ds: Dataset, materialize: bool = False) -> Iterator[tuple[str, str, Any]]:
+    written = written_elements(ds, materialize)  # linked elements: stored as links
     for kind in KINDS:
         for name, el in getattr(ds, kind).items():
-            yield kind, name, el
+            if name in written:
+                yield kind, name, el
+
+
+def _write_links_attrs(root: zarr.Group, ds: Dataset, materialize: bool) -> None:
+    """The link graph and the external sources in the root attributes (io/links.py)."""
+    attrs = links_attrs(ds, materialize)
+    if attrs is not None:
+        root.attrs.update({LINKS_KEY: attrs})
+    elif LINKS_KEY in root.attrs:
+        del root.attrs[LINKS_KEY]
 
 
 def _list_labels(labels_group: zarr.Group) -> None:

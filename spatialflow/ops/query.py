@@ -227,11 +227,11 @@ def _points(
         el.feature_key,
         None if feats is None else list(feats),
     )
-    if el.source is not None and len(parts) <= SMALL_QUERY_PARTITIONS:
+    if el.column_source is not None and len(parts) <= SMALL_QUERY_PARTITIONS:
         # a small selection: one task reads its row groups straight (in parallel) and
         # filters them; no graph per partition to build, optimize and schedule
         data = dd.from_delayed(
-            [dask.delayed(_read_and_select)(el.source, parts, select)],
+            [dask.delayed(_read_and_select)(el.column_source, parts, select)],
             meta=el.data._meta,
             verify_meta=False,
         )

@@ -163,7 +163,7 @@ def lower_point_units(node: Node, columns: Sequence[str]) -> PointUnits | None:
     parts = read.partitions() or []
     size = int(np.clip(len(parts) // 16, 1, MAX_UNIT_PARTITIONS)) if read.coalesce else 1
     groups = [tuple(parts[i : i + size]) for i in range(0, len(parts), size)]
-    source = el.source
+    source = el.column_source
     delayed_parts = el.data.to_delayed() if source is None else None
     box = query.bbox if query is not None else None
     loaders, frames, bounds = [], [], []
