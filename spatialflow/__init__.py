@@ -57,6 +57,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["bounding_box_query", "polygon_query"], "spatialflow.ops.query"),
     "read": "spatialflow.io",
     **dict.fromkeys(["from_spatialdata", "to_spatialdata"], "spatialflow.io.convert"),
+    "plot": "spatialflow.plot",
 }
 _SUBMODULES = {"datasets", "transforms", "elements", "errors", "kernels", "ops", "io", "jobs"}
 
@@ -100,6 +101,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from spatialflow.ops.query import bounding_box_query as bounding_box_query
     from spatialflow.ops.query import polygon_query as polygon_query
     from spatialflow.ops.transform import transform as transform
+    from spatialflow.plot.figure import plot as plot
     from spatialflow.transforms import align_landmarks as align_landmarks
     from spatialflow.transforms import get_transformation as get_transformation
     from spatialflow.transforms import get_transformation_between as get_transformation_between
