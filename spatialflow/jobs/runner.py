@@ -19,12 +19,14 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
 from spatialflow.dataset import Dataset
 from spatialflow.errors import ConfigError, SpatialFlowError
 from spatialflow.jobs.config import ClusterConfig, JobConfig, Step
+from spatialflow.jobs.progress import no_progress
 
 __all__ = ["RunResult", "cluster", "find_run", "run_job", "run_key"]
 
@@ -203,8 +205,10 @@ def run_job(
     dry_run: bool = False,
     force: bool = False,
     on_client: Callable[[Any], None] | None = None,
+    step: Callable[[str], AbstractContextManager[Any]] | None = None,
 ) -> RunResult:
-    """Run ``config`` (see the module doc)."""
+    """Run ``config`` (see the module doc). ``step(description)`` wraps the long step (the
+    computation and the commit), e.g. to show progress (jobs/progress.py)."""
     from spatialflow._version import __version__
     from spatialflow.io import read
     from spatialflow.io.icechunk_writer import commit_dataset
@@ -261,15 +265,16 @@ def run_job(
         if on_client is not None:
             on_client(client)
         metadata["timings"] = {"prepare_seconds": round(time.perf_counter() - t0, 3)}
-        snap = commit_dataset(
-            repo,
-            elements,
-            branch=config.branch,
-            message=config.message,
-            metadata=metadata,
-            tables={n: t.to_delayed() for n, t in tables.items()},
-            finish_table=_finish_table,
-        )
+        with (step or no_progress)(f"job: {config.message}"):
+            snap = commit_dataset(
+                repo,
+                elements,
+                branch=config.branch,
+                message=config.message,
+                metadata=metadata,
+                tables={n: t.to_delayed() for n, t in tables.items()},
+                finish_table=_finish_table,
+            )
     tag = _tag(repo, key, snap)
     return RunResult(
         "committed",
