@@ -91,21 +91,32 @@ def _show(
 
 
 def _contrast(el: Image, t: Transform, extent: tuple[float, ...], channels: list[int]) -> Any:
-    """(lo, hi) per channel from the coarsest scale (see the module doc)."""
+    """(lo, hi) per channel from the coarsest scale (see the module doc): inside the extent,
+    else (a flat window) the whole coarsest scale, else (a flat image) 0..max."""
+    k = el.n_scales - 1
+    full = _plane(el.scale(k)).isel(c=channels)
+    win = _window(el, t, k, extent)
+    lo = hi = None
+    if win is not None and (win[0].stop - win[0].start) * (win[1].stop - win[1].start) >= 64:
+        lo, hi = _percentiles(full.isel(y=win[0], x=win[1]))
+    if lo is None or np.any(hi <= lo):
+        lo2, hi2 = _percentiles(full)
+        flat = np.ones(len(channels), dtype=bool) if lo is None else hi <= lo
+        lo = np.where(flat, lo2, lo if lo is not None else lo2)
+        hi = np.where(flat, hi2, hi if hi is not None else hi2)
+    flat = hi <= lo
+    lo = np.where(flat, np.minimum(lo, 0.0), lo)
+    hi = np.where(flat, np.maximum(hi, lo + 1.0), hi)
+    return lo, hi
+
+
+def _percentiles(lv: xr.DataArray) -> tuple[np.ndarray, np.ndarray]:
     import dask
 
-    k = el.n_scales - 1
-    lv = _plane(el.scale(k)).isel(c=channels)
-    win = _window(el, t, k, extent)
-    if win is not None and (win[0].stop - win[0].start) * (win[1].stop - win[1].start) >= 64:
-        lv = lv.isel(y=win[0], x=win[1])
     step = max(1, int(math.sqrt(lv.sizes["y"] * lv.sizes["x"] / 4_000_000)))  # cap the read
-    arr = lv.data[:, ::step, ::step]
-    (values,) = dask.compute(arr)
-    flat = np.asarray(values, dtype=np.float64).reshape(len(channels), -1)
-    lo = np.nanpercentile(flat, 1.0, axis=1)
-    hi = np.nanpercentile(flat, 99.5, axis=1)
-    return lo, np.where(hi > lo, hi, lo + 1.0)
+    (values,) = dask.compute(lv.data[:, ::step, ::step])
+    flat = np.asarray(values, dtype=np.float64).reshape(lv.sizes["c"], -1)
+    return np.nanpercentile(flat, 1.0, axis=1), np.nanpercentile(flat, 99.5, axis=1)
 
 
 def draw_image(el: Image, t: Transform, canvas: Canvas, *, color: Any = None) -> None:
