@@ -295,6 +295,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     if res.status == "dry-run":
         console.print(res.explain, markup=False, highlight=False)
+        console.print(res.cluster, markup=False, highlight=False)
         console.print(f"dry run: would write {res.elements} (run key {res.run_key[:12]})")
     elif res.status == "no-op":
         console.print(

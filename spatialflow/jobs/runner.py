@@ -42,6 +42,7 @@ class RunResult:
     elements: list[str] = field(default_factory=list)
     seconds: float = 0.0
     explain: str = ""
+    cluster: str = ""  # dry run: what would be started (a job script, a pod spec ...)
 
 
 # --- inputs and the run key ------------------------------------------------------------------
@@ -90,10 +91,17 @@ def find_run(repo: Any, branch: str, key: str) -> str | None:
 # --- the cluster -----------------------------------------------------------------------------
 @contextlib.contextmanager
 def cluster(cfg: ClusterConfig, scheduler: str | None = None) -> Iterator[Any]:
-    """A distributed Client: to ``scheduler`` (or the config's) or on a new LocalCluster."""
+    """A distributed Client: to ``scheduler`` (or the config's), or on a new cluster of the
+    config's kind (local, or slurm/pbs/sge/kubernetes through jobs/clusters.py)."""
     from distributed import Client, LocalCluster
 
     address = scheduler or cfg.scheduler
+    if not address and cfg.kind not in ("local", "address"):
+        from spatialflow.jobs.clusters import start
+
+        with start(cfg) as batch, Client(batch) as client:
+            yield client
+        return
     if address:
         try:
             client = Client(address, timeout=cfg.timeout)
@@ -243,8 +251,15 @@ def run_job(
         + [f"# {n}\n{el!r}" for n, el in elements.items()]
     )
     if dry_run:
+        from spatialflow.jobs.clusters import describe
+
         return RunResult(
-            "dry-run", key, elements=names, explain=explain, seconds=time.perf_counter() - t0
+            "dry-run",
+            key,
+            elements=names,
+            explain=explain,
+            seconds=time.perf_counter() - t0,
+            cluster=describe(config.cluster) if not scheduler else f"cluster: {scheduler}",
         )
     repo = open_repository(location(config.resolve(config.repository)), create=True)
     previous = find_run(repo, config.branch, key)
