@@ -223,16 +223,30 @@ def _figure(ax: Any, extent: tuple[float, float, float, float], width: int) -> t
         bb = ax.get_window_extent()
         return fig, ax, max(1, int(bb.width)), max(1, int(bb.height))
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
     height = round(width * (y1 - y0) / (x1 - x0))
     height = int(min(max(height, 16), 4 * width))
-    fig = Figure(figsize=(width / 100, height / 100), dpi=100)
+    fig = _figure_class()(figsize=(width / 100, height / 100), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
     ax.set_axis_off()
     ax.set_aspect("auto")
     return fig, ax, width, height
+
+
+def _figure_class() -> type:
+    """A matplotlib Figure that shows itself as a PNG in Jupyter without pyplot."""
+    from matplotlib.figure import Figure
+
+    class PlotFigure(Figure):
+        def _repr_png_(self) -> bytes:
+            import io
+
+            buf = io.BytesIO()
+            self.savefig(buf, format="png", dpi=self.dpi, facecolor=self.get_facecolor())
+            return buf.getvalue()
+
+    return PlotFigure
 
 
 def _legend(canvas: Canvas) -> None:
