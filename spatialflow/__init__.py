@@ -63,6 +63,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["ring_density", "smooth_density"], "spatialflow.ops.density"),
     **dict.fromkeys(["rasterize", "to_circles", "get_extent"], "spatialflow.ops.geometry"),
     **dict.fromkeys(["from_spatialdata", "to_spatialdata"], "spatialflow.io.convert"),
+    "plot": "spatialflow.plot",
 }
 _SUBMODULES = {"datasets", "transforms", "elements", "errors", "kernels", "ops", "io", "jobs"}
 
@@ -120,6 +121,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from spatialflow.ops.stitch import register as register
     from spatialflow.ops.stitch import stitch as stitch
     from spatialflow.ops.transform import transform as transform
+    from spatialflow.plot.figure import plot as plot
     from spatialflow.transforms import align_landmarks as align_landmarks
     from spatialflow.transforms import get_transformation as get_transformation
     from spatialflow.transforms import get_transformation_between as get_transformation_between

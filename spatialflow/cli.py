@@ -146,6 +146,32 @@ def build_parser() -> argparse.ArgumentParser:
         "--storage-options", type=_json_object, default=None, help="fsspec options of REPO"
     )
     ing.set_defaults(func=cmd_ingest)
+    pl = sub.add_parser(
+        "plot",
+        help="draw a store's elements into a PNG (datashader for many points)",
+        description="Plot images, labels, shapes and points of URL in one coordinate system.",
+    )
+    pl.add_argument("url", help="a path or fsspec URL (SpatialData store or Icechunk repo)")
+    pl.add_argument("--out", required=True, help="the image file to write (e.g. figure.png)")
+    pl.add_argument("--elements", nargs="+", default=None, help="element names (default: all)")
+    pl.add_argument(
+        "--bbox",
+        nargs=4,
+        type=float,
+        default=None,
+        metavar=("XMIN", "YMIN", "XMAX", "YMAX"),
+        help="the region to draw, in the coordinate system",
+    )
+    pl.add_argument("--coordinate-system", default="global")
+    pl.add_argument("--genes", nargs="+", default=None, help="only these point features")
+    pl.add_argument("--color", default=None, help="a column (element or table) or a colour")
+    pl.add_argument("--width", type=_positive_int, default=1200, help="pixels (default 1200)")
+    pl.add_argument("--branch", default="main", help="repository branch (default main)")
+    pl.add_argument("--snapshot", default=None, help="repository snapshot id")
+    pl.add_argument(
+        "--storage-options", type=_json_object, default=None, help="fsspec options as JSON"
+    )
+    pl.set_defaults(func=cmd_plot)
 
     mc = sub.add_parser(
         "map-coords",
@@ -204,7 +230,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         storage_options=args.src_storage_options,
     )
     log.info("read %s: %d elements", args.src, len(ds))
-    with _progress():
+    with _progress().step(f"convert to {args.format}"):
         snapshot = ds.write(
             args.dst,
             format=args.format,
@@ -225,7 +251,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from spatialflow.io.ingest import ingest
 
     t0 = time.perf_counter()
-    with _progress():
+    with _progress().step(f"ingest {args.path}"):
         snapshot = ingest(
             args.path,
             args.repo,
@@ -241,53 +267,47 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
-def _watch(console: Any) -> Any:
-    """on_client callback: print the dashboard link and show live task progress."""
+def cmd_plot(args: argparse.Namespace) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from spatialflow.io import read
+    from spatialflow.plot.figure import plot
+
+    t0 = time.perf_counter()
+    ds = read(
+        args.url, branch=args.branch, snapshot=args.snapshot, storage_options=args.storage_options
+    )
+    with _progress().step(f"plot {args.url}"):
+        fig = plot(
+            ds,
+            args.elements,
+            coordinate_system=args.coordinate_system,
+            bbox=args.bbox,
+            genes=args.genes,
+            color=args.color,
+            width=args.width,
+        )
+        fig.savefig(args.out, dpi=fig.dpi, facecolor=fig.get_facecolor())
+    print(f"wrote {args.out} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def _progress(console: Any = None) -> Any:
+    """Progress bars on a terminal, one line per step otherwise (jobs/progress.py)."""
+    from spatialflow.jobs.progress import StepProgress
+
+    return StepProgress(console)
+
+
+def _watch(console: Any, progress: Any) -> Any:
+    """on_client callback: print the dashboard link and count the cluster's tasks."""
 
     def on_client(client: Any) -> None:
         console.print(f"Dask dashboard: [link]{client.dashboard_link}[/link]")
-        _TaskProgress(client, console).start()
+        progress.set_client(client)
 
     return on_client
-
-
-class _TaskProgress:
-    """A background line of task counts from the scheduler (tasks done / in flight)."""
-
-    def __init__(self, client: Any, console: Any) -> None:
-        import threading
-
-        self.client, self.console = client, console
-        self.thread = threading.Thread(target=self._loop, daemon=True)
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def _loop(self) -> None:
-        last = ""
-        while self.client.status == "running":
-            try:
-                counts = self.client.run_on_scheduler(_scheduler_counts)
-            except Exception:
-                return
-            line = (
-                f"  tasks: {counts['memory']} in memory, {counts['processing']} running, "
-                f"{counts['waiting']} waiting"
-            )
-            if line != last and (counts["processing"] or counts["waiting"]):
-                print(line, file=sys.stderr, flush=True)
-                last = line
-            time.sleep(2.0)
-
-
-def _scheduler_counts(dask_scheduler: Any = None) -> dict[str, int]:
-    counts = {"memory": 0, "processing": 0, "waiting": 0}
-    for ts in dask_scheduler.tasks.values():
-        if ts.state in counts:
-            counts[ts.state] += 1
-        elif ts.state in ("no-worker", "queued"):
-            counts["waiting"] += 1
-    return counts
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -297,6 +317,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from spatialflow.jobs.runner import run_job
 
     console = Console()
+    progress = _progress(console)
     cfg = load_config(args.config)
     res = run_job(
         cfg,
@@ -304,10 +325,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         branch=args.branch,
         dry_run=args.dry_run,
         force=args.force,
-        on_client=_watch(console),
+        on_client=_watch(console, progress),
+        step=progress.step,
     )
     if res.status == "dry-run":
         console.print(res.explain, markup=False, highlight=False)
+        console.print(res.cluster, markup=False, highlight=False)
         console.print(f"dry run: would write {res.elements} (run key {res.run_key[:12]})")
     elif res.status == "no-op":
         console.print(
@@ -352,6 +375,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from spatialflow.jobs.demo import run_demo
 
     console = Console()
+    progress = _progress(console)
     t0 = time.perf_counter()
     res = run_demo(
         args.repo,
@@ -359,7 +383,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         args.cells,
         seed=args.seed,
         say=lambda text: console.print(text, markup=False, highlight=False),
-        on_client=_watch(console),
+        on_client=_watch(console, progress),
+        step=progress.step,
     )
     job = res.job
     if job.status == "no-op" and not res.ingested:
@@ -382,20 +407,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         highlight=False,
     )
     return 0
-
-
-class _progress:
-    """Dask's progress bar on stderr while computing on the local scheduler."""
-
-    def __enter__(self) -> Any:
-        from dask.diagnostics import ProgressBar
-
-        self._bar = ProgressBar(out=sys.stderr, dt=0.5)
-        self._bar.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._bar.__exit__(*exc)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,16 +1,23 @@
 """Image and Labels: multiscale rasters as an xarray DataTree of dask arrays.
 
-The tree has one child per scale, ``s0, s1, ...`` (full resolution first), each holding one
-variable ``image`` with dims ``c, (z), y, x`` (Image) or ``(z), y, x`` (Labels). Channel names of
-an Image are the coordinate of its ``c`` dimension. The element's transforms map scale ``s0``'s
-pixel space (pixel i covers [i, i + 1)) to coordinate systems; scale k is derived by
-``Scale(shape0 / shapek)`` first, as SpatialData stores it.
+The tree has one child per scale, ``scale0, scale1, ...`` (full resolution first), named as in
+spatialdata's in-memory trees so that spatialdata code (``img["scale0"]``) works unchanged; on
+disk the arrays stay ``s0, s1, ...`` (OME-Zarr paths, see FORMAT.md). A tree given with other
+child names (the old in-memory ``s0, s1, ...``, or anything ending in the level number) is read
+by that number and renamed. Each child holds one variable ``image`` with dims ``c, (z), y, x``
+(Image) or ``(z), y, x`` (Labels). Channel names of an Image are the coordinate of its ``c``
+dimension. The element's transforms map scale 0's pixel space (pixel i covers [i, i + 1)) to
+coordinate systems; scale k is derived by ``Scale(shape0 / shapek)`` first, as SpatialData
+stores it.
+
+``el["scale0"]`` (and ``el["s0"]``, ``el[0]``) returns the child node of the tree, as indexing
+spatialdata's DataTree does; :meth:`RasterElement.scale` returns the DataArray.
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import dask.array as da
@@ -20,9 +27,15 @@ import xarray as xr
 from spatialflow.elements.base import Element
 from spatialflow.transforms.base import Scale, Transform
 
-__all__ = ["Image", "Labels", "RasterElement"]
+__all__ = ["Image", "Labels", "RasterElement", "scale_key"]
 
 VAR = "image"
+SCALE_PREFIX = "scale"
+
+
+def scale_key(k: int) -> str:
+    """The in-memory name of scale ``k``: ``scale0, scale1, ...`` (spatialdata's)."""
+    return f"{SCALE_PREFIX}{k}"
 
 
 class RasterElement(Element):
@@ -51,7 +64,7 @@ class RasterElement(Element):
             levels = self._pyramid(levels[0], scale_factors)
         self._validate(levels)
         self.data: xr.DataTree = xr.DataTree.from_dict(
-            {f"s{k}": xr.Dataset({VAR: lv}) for k, lv in enumerate(levels)}
+            {scale_key(k): xr.Dataset({VAR: lv}) for k, lv in enumerate(levels)}
         )
 
     # --- construction ----------------------------------------------------------------
@@ -59,7 +72,7 @@ class RasterElement(Element):
         if isinstance(data, xr.DataTree):
             keys = sorted(data.children, key=_scale_index)
             if not keys:
-                raise self.error("data", "the DataTree has no scale children (s0, s1, ...)")
+                raise self.error("data", "the DataTree has no scale children (scale0, scale1, ...)")
             levels = []
             for k in keys:
                 node = data[k]
@@ -137,12 +150,12 @@ class RasterElement(Element):
             raise self.error("dims", f"{dims0} is not one of {self.allowed_dims}")
         for k, lv in enumerate(levels):
             if tuple(lv.dims) != dims0:
-                raise self.error("dims", f"scale s{k} has dims {tuple(lv.dims)}, s0 has {dims0}")
+                raise self.error("dims", f"scale{k} has dims {tuple(lv.dims)}, scale0 has {dims0}")
             self._check_dtype(lv.dtype)
             if any(n == 0 for n in lv.shape):
-                raise self.error("data", f"scale s{k} has an empty dimension {dict(lv.sizes)}")
+                raise self.error("data", f"scale{k} has an empty dimension {dict(lv.sizes)}")
             if k and any(lv.sizes[d] > levels[k - 1].sizes[d] for d in dims0 if d != "c"):
-                raise self.error("data", f"scale s{k} is larger than s{k - 1}")
+                raise self.error("data", f"scale{k} is larger than scale{k - 1}")
 
     @abstractmethod
     def _check_dtype(self, dtype: np.dtype) -> None:
@@ -155,7 +168,25 @@ class RasterElement(Element):
 
     def scale(self, k: int = 0) -> xr.DataArray:
         """The DataArray of scale ``k`` (0 = full resolution)."""
-        return self.data[f"s{k}"].to_dataset()[VAR]
+        return self.data[scale_key(k)].to_dataset()[VAR]
+
+    def __getitem__(self, key: str | int) -> xr.DataTree:
+        """The tree node of one scale: ``el["scale0"]`` as in spatialdata (also ``"s0"``, 0)."""
+        k = key if isinstance(key, int) else _parse_scale_key(key)
+        if k is None or not 0 <= k < self.n_scales:
+            raise KeyError(
+                f"{self.label}: no scale {key!r}; it has {list(self.data.children)} "
+                f"(old names s0, s1, ... and integers work too)"
+            )
+        return self.data[scale_key(k)]
+
+    def __contains__(self, key: object) -> bool:
+        k = key if isinstance(key, int) else _parse_scale_key(key)
+        return k is not None and 0 <= k < self.n_scales
+
+    def __iter__(self) -> Iterator[str]:
+        """The scale names, ``scale0, scale1, ...`` (as iterating the DataTree)."""
+        return iter(list(self.data.children))
 
     @property
     def dims(self) -> tuple[str, ...]:
@@ -186,6 +217,17 @@ class RasterElement(Element):
 def _scale_index(key: str) -> int:
     digits = "".join(ch for ch in key if ch.isdigit())
     return int(digits) if digits else 0
+
+
+def _parse_scale_key(key: object) -> int | None:
+    """``"scale3"`` or the old ``"s3"`` -> 3; anything else -> None."""
+    if not isinstance(key, str):
+        return None
+    for prefix in (SCALE_PREFIX, "s"):
+        rest = key[len(prefix) :]
+        if key.startswith(prefix) and rest.isdigit():
+            return int(rest)
+    return None
 
 
 class Image(RasterElement):

@@ -30,7 +30,7 @@ import pandas as pd
 
 from spatialflow.dataset import Dataset
 from spatialflow.elements.points import Points
-from spatialflow.elements.raster import Image, Labels, RasterElement
+from spatialflow.elements.raster import Image, Labels, RasterElement, scale_key
 from spatialflow.elements.shapes import Shapes
 from spatialflow.elements.table import Table
 from spatialflow.errors import SpatialFlowError
@@ -163,7 +163,7 @@ def _raster_from_sd(obj: Any, cls: type[RasterElement], where: str) -> RasterEle
     spatial = tuple(d for d in dims if d != "c")
     tree = xr.DataTree.from_dict(
         {
-            f"s{k}": xr.Dataset({"image": xr.DataArray(lv.data, dims=dims)})
+            scale_key(k): xr.Dataset({"image": xr.DataArray(lv.data, dims=dims)})
             for k, lv in enumerate(levels)
         }
     )

@@ -44,7 +44,7 @@ from spatialflow.dataset import Dataset
 from spatialflow.elements import KINDS
 from spatialflow.elements.base import check_name
 from spatialflow.elements.points import Points
-from spatialflow.elements.raster import Image, Labels, RasterElement
+from spatialflow.elements.raster import Image, Labels, RasterElement, scale_key
 from spatialflow.elements.shapes import Shapes
 from spatialflow.elements.table import Table
 from spatialflow.errors import FormatError, SpatialFlowError
@@ -240,7 +240,7 @@ def read_raster_group(
         arr = da.from_zarr(group[p])
         if arr.ndim != len(dims):
             raise FormatError(f"{where}/{p}: {arr.ndim} dims but the axes are {dims}")
-        levels[f"s{k}"] = xr.Dataset({"image": xr.DataArray(arr, dims=dims)})
+        levels[scale_key(k)] = xr.Dataset({"image": xr.DataArray(arr, dims=dims)})
     tree = xr.DataTree.from_dict(levels)
     transforms = read_transforms(ms.get("coordinateTransformations"), where)
     if kind == "labels":

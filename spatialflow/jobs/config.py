@@ -21,7 +21,9 @@
       workers: 2
       threads_per_worker: 1
       memory_limit: 4GiB
-      # or: scheduler: tcp://host:8786
+      # or {kind: address, address: tcp://host:8786}, or a batch system through dask-jobqueue:
+      # {kind: slurm, cores: 4, memory: 16GB, queue: normal, walltime: "01:00:00", jobs: 2}
+      # (pbs, sge alike), or {kind: kubernetes, workers: 4, image: ...}: see jobs/clusters.py
     commit:
       branch: main
       message: nightly aggregation
@@ -110,11 +112,13 @@ class InputConfig:
 
 @dataclass(frozen=True)
 class ClusterConfig:
-    scheduler: str | None = None
+    scheduler: str | None = None  # the address of kind "address"
     workers: int = 2
     threads_per_worker: int = 1
     memory_limit: str = "4GiB"
     timeout: float = 20.0
+    kind: str = "local"  # one of jobs/clusters.py CLUSTER_KINDS
+    options: dict[str, Any] = field(default_factory=dict)  # passed to the cluster class
 
 
 @dataclass(frozen=True)
@@ -287,11 +291,33 @@ def _steps(steps: Any, inputs: dict[str, InputConfig], where: str) -> list[Step]
     return out
 
 
+_LOCAL_FIELDS = {
+    "kind",
+    "scheduler",
+    "address",
+    "workers",
+    "threads_per_worker",
+    "memory_limit",
+    "timeout",
+}
+
+
 def _cluster(d: dict[str, Any], where: str) -> ClusterConfig:
+    from spatialflow.jobs.clusters import CLUSTER_KINDS, validate_options
+
     d = _mapping(d, where)
-    _unknown(d, {"scheduler", "workers", "threads_per_worker", "memory_limit", "timeout"}, where)
-    if "scheduler" in d and not (isinstance(d["scheduler"], str) and "://" in d["scheduler"]):
-        raise ConfigError(f"{where}.scheduler: expected an address like tcp://host:8786")
+    kind = d.get("kind", "address" if ("scheduler" in d or "address" in d) else "local")
+    if kind not in CLUSTER_KINDS:
+        raise ConfigError(f"{where}.kind: {kind!r} is not one of {list(CLUSTER_KINDS)}")
+    if kind in ("local", "address"):
+        _unknown(d, _LOCAL_FIELDS, where)
+    if "scheduler" in d and "address" in d:
+        raise ConfigError(f"{where}: give address (or the older scheduler), not both")
+    address = d.get("address", d.get("scheduler"))
+    if kind == "address" and not (isinstance(address, str) and "://" in address):
+        raise ConfigError(f"{where}.address: expected an address like tcp://host:8786")
+    if kind != "address" and address is not None:
+        raise ConfigError(f"{where}.address: only for kind 'address' (this is {kind!r})")
     for key in ("workers", "threads_per_worker"):
         if key in d and (not isinstance(d[key], int) or isinstance(d[key], bool) or d[key] < 1):
             raise ConfigError(f"{where}.{key}: expected a positive integer")
@@ -299,10 +325,16 @@ def _cluster(d: dict[str, Any], where: str) -> ClusterConfig:
         raise ConfigError(f"{where}.memory_limit: expected a size like '4GiB'")
     if "timeout" in d and (not isinstance(d["timeout"], int | float) or d["timeout"] <= 0):
         raise ConfigError(f"{where}.timeout: expected a positive number of seconds")
+    options: dict[str, Any] = {}
+    if kind not in ("local", "address"):
+        rest = {k: v for k, v in d.items() if k not in {"kind", "timeout", "workers"}}
+        options = validate_options(kind, rest, where)
     return ClusterConfig(
-        d.get("scheduler"),
+        address,
         d.get("workers", 2),
         d.get("threads_per_worker", 1),
         str(d.get("memory_limit", "4GiB")),
         float(d.get("timeout", 20.0)),
+        kind,
+        options,
     )

@@ -14,16 +14,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from spatialflow.jobs.config import JobConfig, parse_config
+from spatialflow.jobs.progress import no_progress
 from spatialflow.jobs.runner import RunResult, cluster, find_run, run_job
 
 __all__ = ["DemoResult", "demo_config", "run_demo"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -87,8 +92,9 @@ def run_demo(
     n_transcripts: int,
     n_cells: int,
     seed: int = 0,
-    say: Callable[[str], None] = print,
+    say: Callable[[str], None] | None = None,
     on_client: Callable[[Any], None] | None = None,
+    step: Callable[[str], AbstractContextManager[Any]] | None = None,
 ) -> DemoResult:
     from spatialflow._version import __version__
     from spatialflow.datasets.xenium import xenium_like
@@ -97,6 +103,7 @@ def run_demo(
     from spatialflow.io.repository import open_repository
 
     t0 = time.perf_counter()
+    say = say or log.info  # library code logs; the command line passes its console
     repo_path = str(Path(repo).expanduser().resolve())
     repository = open_repository(location(repo_path), create=True)
     params = {
@@ -118,16 +125,19 @@ def run_demo(
                 f"{n_cells:,} cells) into {repo_path} ..."
             )
             ds = xenium_like(n_transcripts, n_cells, seed=seed)
-            snapshot = commit_dataset(
-                repository,
-                ds,
-                branch="main",
-                message="ingest synthetic Xenium-like sample",
-                metadata={"run_key": key, "params": params},
-            )
+            with (step or no_progress)("ingest"):
+                snapshot = commit_dataset(
+                    repository,
+                    ds,
+                    branch="main",
+                    message="ingest synthetic Xenium-like sample",
+                    metadata={"run_key": key, "params": params},
+                )
             say(f"  committed {snapshot} in {time.perf_counter() - t0:.1f} s")
         else:
             say(f"The sample is already ingested (snapshot {snapshot}).")
         say("Running the aggregation job ...")
-        job = run_job(demo_config(repo_path, snapshot), scheduler=client.scheduler.address)
+        job = run_job(
+            demo_config(repo_path, snapshot), scheduler=client.scheduler.address, step=step
+        )
     return DemoResult(repo_path, snapshot, ingested, job, time.perf_counter() - t0)

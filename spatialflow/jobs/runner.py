@@ -19,12 +19,14 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
 from spatialflow.dataset import Dataset
 from spatialflow.errors import ConfigError, SpatialFlowError
 from spatialflow.jobs.config import ClusterConfig, JobConfig, Step
+from spatialflow.jobs.progress import no_progress
 
 __all__ = ["RunResult", "cluster", "find_run", "run_job", "run_key"]
 
@@ -40,6 +42,7 @@ class RunResult:
     elements: list[str] = field(default_factory=list)
     seconds: float = 0.0
     explain: str = ""
+    cluster: str = ""  # dry run: what would be started (a job script, a pod spec ...)
 
 
 # --- inputs and the run key ------------------------------------------------------------------
@@ -92,10 +95,17 @@ def find_run(repo: Any, branch: str, key: str) -> str | None:
 # --- the cluster -----------------------------------------------------------------------------
 @contextlib.contextmanager
 def cluster(cfg: ClusterConfig, scheduler: str | None = None) -> Iterator[Any]:
-    """A distributed Client: to ``scheduler`` (or the config's) or on a new LocalCluster."""
+    """A distributed Client: to ``scheduler`` (or the config's), or on a new cluster of the
+    config's kind (local, or slurm/pbs/sge/kubernetes through jobs/clusters.py)."""
     from distributed import Client, LocalCluster
 
     address = scheduler or cfg.scheduler
+    if not address and cfg.kind not in ("local", "address"):
+        from spatialflow.jobs.clusters import start
+
+        with start(cfg) as batch, Client(batch) as client:
+            yield client
+        return
     if address:
         try:
             client = Client(address, timeout=cfg.timeout)
@@ -285,8 +295,10 @@ def run_job(
     dry_run: bool = False,
     force: bool = False,
     on_client: Callable[[Any], None] | None = None,
+    step: Callable[[str], AbstractContextManager[Any]] | None = None,
 ) -> RunResult:
-    """Run ``config`` (see the module doc)."""
+    """Run ``config`` (see the module doc). ``step(description)`` wraps the long step (the
+    computation and the commit), e.g. to show progress (jobs/progress.py)."""
     from spatialflow._version import __version__
     from spatialflow.io import read
     from spatialflow.io.icechunk_writer import commit_dataset
@@ -321,8 +333,15 @@ def run_job(
         + [f"# {n}\n{el!r}" for n, el in elements.items()]
     )
     if dry_run:
+        from spatialflow.jobs.clusters import describe
+
         return RunResult(
-            "dry-run", key, elements=names, explain=explain, seconds=time.perf_counter() - t0
+            "dry-run",
+            key,
+            elements=names,
+            explain=explain,
+            seconds=time.perf_counter() - t0,
+            cluster=describe(config.cluster) if not scheduler else f"cluster: {scheduler}",
         )
     repo = open_repository(location(config.resolve(config.repository)), create=True)
     previous = find_run(repo, config.branch, key)
@@ -344,15 +363,16 @@ def run_job(
             on_client(client)
         _resolve_stitches(tables, elements, metadata)
         metadata["timings"] = {"prepare_seconds": round(time.perf_counter() - t0, 3)}
-        snap = commit_dataset(
-            repo,
-            elements,
-            branch=config.branch,
-            message=config.message,
-            metadata=metadata,
-            tables={n: t.to_delayed() for n, t in tables.items()},
-            finish_table=_finish_table,
-        )
+        with (step or no_progress)(f"job: {config.message}"):
+            snap = commit_dataset(
+                repo,
+                elements,
+                branch=config.branch,
+                message=config.message,
+                metadata=metadata,
+                tables={n: t.to_delayed() for n, t in tables.items()},
+                finish_table=_finish_table,
+            )
     tag = _tag(repo, key, snap)
     return RunResult(
         "committed",

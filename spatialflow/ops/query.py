@@ -37,7 +37,7 @@ import shapely
 from spatialflow.dataset import Dataset
 from spatialflow.elements.base import Element
 from spatialflow.elements.points import Points
-from spatialflow.elements.raster import Image, Labels, RasterElement
+from spatialflow.elements.raster import Image, Labels, RasterElement, scale_key
 from spatialflow.elements.shapes import Shapes
 from spatialflow.elements.sources import ColumnSource
 from spatialflow.elements.table import Table
@@ -346,7 +346,7 @@ def _raster(el: RasterElement, t: Transform, geom: Any) -> RasterElement | None:
     import xarray as xr
 
     tree = xr.DataTree.from_dict(
-        {f"s{k}": xr.Dataset({"image": lv}) for k, lv in enumerate(levels)}
+        {scale_key(k): xr.Dataset({"image": lv}) for k, lv in enumerate(levels)}
     )
     kwargs: dict[str, Any] = {"transforms": transforms}
     if isinstance(el, Image):
