@@ -195,14 +195,24 @@ def test_names_come_from_the_module_that_defines_them():
 
 
 def _bound_in(module: str) -> set[str]:
-    """Every name a module binds at its top level: defined or imported."""
+    """Every name a module binds at import time: defined or imported at its top level,
+    including inside top-level if/try blocks (not inside functions or classes)."""
     names = set(_defined_in(module))
     _, tree = SOURCES[module]
-    for node in ast.walk(tree):  # also inside try/if blocks (and, loosely, elsewhere)
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            names.update((a.asname or a.name).split(".")[0] for a in node.names)
-        elif isinstance(node, ast.Assign):
-            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+
+    def walk(body: list[ast.stmt]) -> None:
+        for node in body:
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names.update((a.asname or a.name).split(".")[0] for a in node.names)
+            elif isinstance(node, ast.Assign):
+                names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+            elif isinstance(node, (ast.If, ast.Try, ast.With)):
+                for field in ("body", "orelse", "finalbody"):
+                    walk(getattr(node, field, []) or [])
+                for handler in getattr(node, "handlers", []):
+                    walk(handler.body)
+
+    walk(tree.body)
     return names
 
 

@@ -48,7 +48,7 @@ from spatialflow.plan.stitch import (
     plan_pairs,
 )
 from spatialflow.transforms.base import Affine, Scale, Transform, Translation
-from spatialflow.transforms.base import Sequence as TSequence
+from spatialflow.transforms.composite import Sequence as TSequence
 from spatialflow.transforms.graph import Node
 
 __all__ = [
