@@ -139,9 +139,13 @@ def _chain(node: Node) -> tuple[Read, TransformNode | None, Query | None] | None
     return node, transform, query
 
 
-def lower_point_units(node: Node, columns: Sequence[str]) -> PointUnits | None:
+def lower_point_units(
+    node: Node, columns: Sequence[str], need_bounds: bool = True
+) -> PointUnits | None:
     """Units of the points chain ``node`` yielding x, y and ``columns``; None if the chain is
-    not a ``[Query] <- [Transform] <- Read`` over points (lower it as frames instead)."""
+    not a ``[Query] <- [Transform] <- Read`` over points (lower it as frames instead).
+    Unit bounds unknown to the element are computed (a pass over the data) only when
+    ``need_bounds``; otherwise they are NaN."""
     chain = _chain(node)
     if chain is None:
         return None
@@ -182,7 +186,7 @@ def lower_point_units(node: Node, columns: Sequence[str]) -> PointUnits | None:
             )
         )
         frames.append([] if delayed_parts is None else [delayed_parts[k] for k in g])
-        bounds.append(_unit_bounds(el, g, matrix, box))
+        bounds.append(_unit_bounds(el, g, matrix, box, need_bounds))
     return PointUnits(
         loaders,
         frames,
@@ -194,9 +198,11 @@ def lower_point_units(node: Node, columns: Sequence[str]) -> PointUnits | None:
 
 
 def _unit_bounds(
-    el: Points, parts: Sequence[int], matrix: np.ndarray | None, box: tuple | None
+    el: Points, parts: Sequence[int], matrix: np.ndarray | None, box: tuple | None, compute: bool
 ) -> np.ndarray:
     pb = el.partition_bounds
+    if pb is None and not compute:
+        return np.full(4, np.nan)
     if pb is None:  # not stored with the element: computed once, kept on it
         pb = el.compute_partition_bounds()
     d = len(el.axes)

@@ -56,7 +56,7 @@ def _points_by_shapes(
 
 def lower_points_by_shapes(node: Aggregate, spec: Spec) -> AggregateGraph:
     columns = [spec.value_key] if spec.value_key is not None else []
-    units = lower_point_units(node.values, columns)
+    units = lower_point_units(node.values, columns, need_bounds=node.strategy != "broadcast")
     if units is None:  # not a plain chain over stored points: go through frames
         return lower_partition_join(
             node,
