@@ -44,6 +44,7 @@ from spatialflow.elements.raster import Image, RasterElement
 from spatialflow.elements.shapes import Shapes
 from spatialflow.elements.table import Table
 from spatialflow.errors import FormatError
+from spatialflow.io.guards import storage_errors
 from spatialflow.io.location import Location, detect_layout
 from spatialflow.io.sdformat import (
     CONTAINER_VERSION,
@@ -109,14 +110,15 @@ def _scheduler(loc: Location) -> Any:
 
 def write_spatialdata(ds: Dataset, loc: Location, overwrite: bool = False) -> None:
     """Write ``ds`` in the SpatialData 0.8 layout at ``loc``."""
-    target = _check_target(loc, overwrite)
-    try:
-        with Quiet(), _scheduler(loc):
-            _write_container(ds, loc, replace=target == "store")
-    except BaseException:
-        with contextlib.suppress(Exception):
-            _undo(loc, target)
-        raise
+    with storage_errors(loc.url):
+        target = _check_target(loc, overwrite)
+        try:
+            with Quiet(), _scheduler(loc):
+                _write_container(ds, loc, replace=target == "store")
+        except BaseException:  # Ctrl-C included: no half-written element stays
+            with contextlib.suppress(Exception):
+                _undo(loc, target)
+            raise
 
 
 def _undo(loc: Location, target: str) -> None:

@@ -7,7 +7,12 @@ nothing (unless forced). Otherwise every output's plan joins one graph that writ
 workers into one fork of one writable session; the session commits once, with the run key,
 inputs, config, versions and timings as metadata, and the commit is tagged
 ``run/<date>-<key8>``. A conflicting concurrent commit is rebased when the changes are
-disjoint; otherwise :class:`~spatialflow.errors.CommitConflictError`, with nothing committed.
+disjoint; when they overlap (the same node, e.g. two first commits both writing the root
+attributes) nothing is committed and the job is redone on the new head, at most
+``COMMIT_ATTEMPTS`` times with jittered backoff, then
+:class:`~spatialflow.errors.CommitConflictError`. Before a retry the run key is looked up
+again: if the same run landed meanwhile (a twin process), this one is a no-op, so history
+shows each run once.
 """
 
 from __future__ import annotations
@@ -17,18 +22,20 @@ import datetime as _dt
 import hashlib
 import json
 import logging
+import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from spatialflow.dataset import Dataset
-from spatialflow.errors import ConfigError, SpatialFlowError
+from spatialflow.errors import CommitConflictError, ConfigError, SpatialFlowError
 from spatialflow.jobs.config import ClusterConfig, JobConfig, Step
 
 __all__ = ["RunResult", "cluster", "find_run", "run_job", "run_key"]
 
 log = logging.getLogger(__name__)
+COMMIT_ATTEMPTS = 6  # a job whose commit conflicts is redone on the new head at most 5 times
 
 
 @dataclass
@@ -261,15 +268,29 @@ def run_job(
         if on_client is not None:
             on_client(client)
         metadata["timings"] = {"prepare_seconds": round(time.perf_counter() - t0, 3)}
-        snap = commit_dataset(
-            repo,
-            elements,
-            branch=config.branch,
-            message=config.message,
-            metadata=metadata,
-            tables={n: t.to_delayed() for n, t in tables.items()},
-            finish_table=_finish_table,
-        )
+        for attempt in range(COMMIT_ATTEMPTS):
+            try:
+                snap = commit_dataset(
+                    repo,
+                    elements,
+                    branch=config.branch,
+                    message=config.message,
+                    metadata=metadata,
+                    tables={n: t.to_delayed() for n, t in tables.items()},
+                    finish_table=_finish_table,
+                )
+                break
+            except CommitConflictError:
+                # nothing was committed; the branch moved and the changes overlap. Redo the
+                # whole job on the new head (bounded), unless this very run landed meanwhile.
+                landed = find_run(repo, config.branch, key)
+                if landed is not None and not force:
+                    return RunResult("no-op", key, snapshot=landed, elements=names)
+                if attempt + 1 == COMMIT_ATTEMPTS:
+                    raise
+                delay = min(8.0, 0.25 * 2**attempt) * (0.5 + random.random())
+                log.warning("commit conflict (attempt %d); retrying in %.1f s", attempt + 1, delay)
+                time.sleep(delay)
     tag = _tag(repo, key, snap)
     return RunResult(
         "committed",
@@ -299,11 +320,14 @@ def _versions(ours: str) -> dict[str, str]:
 
 
 def _tag(repo: Any, key: str, snapshot: str) -> str:
+    from spatialflow.io.repository import ref_lock
+
     base = f"run/{_dt.date.today().isoformat()}-{key[:8]}"
-    existing = set(repo.list_tags())
-    name, n = base, 1
-    while name in existing:  # tags are immutable and never reusable (a forced rerun)
-        n += 1
-        name = f"{base}-{n}"
-    repo.create_tag(name, snapshot_id=snapshot)
+    with ref_lock(repo):
+        existing = set(repo.list_tags())
+        name, n = base, 1
+        while name in existing:  # tags are immutable and never reusable (a forced rerun)
+            n += 1
+            name = f"{base}-{n}"
+        repo.create_tag(name, snapshot_id=snapshot)
     return name
