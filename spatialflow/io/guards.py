@@ -90,7 +90,9 @@ def check_chunk_count(shape: Sequence[int], chunks: Sequence[int], where: str) -
 
 
 def check_links(ds: Dataset, where: str) -> None:
-    """Every table of a store annotates elements the store holds."""
+    """Every table of a SpatialData store annotates elements the store holds (such a store is
+    self-contained; an Icechunk repository a job wrote may hold tables annotating elements of
+    the job's input repository, so repositories are not checked)."""
     try:
         ds.validate_links()
     except SpatialFlowError as e:
