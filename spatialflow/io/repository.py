@@ -13,7 +13,10 @@ are retried with backoff (``S3_MAX_TRIES``) and a hung attempt is abandoned afte
 lives in a local directory (``path`` or ``file://``) or an S3-compatible bucket
 (``s3://bucket/prefix`` with ``storage_options`` as for s3fs: ``endpoint_url``, ``key``,
 ``secret``, ``region`` or ``client_kwargs={"region_name": ...}``; ``allow_http`` is inferred
-from an ``http://`` endpoint, and a custom endpoint uses path-style addressing).
+from an ``http://`` endpoint, and a custom endpoint uses path-style addressing). Without options,
+the standard environment variables apply (``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL``,
+``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_SESSION_TOKEN``), so ``spatialflow run``
+can commit to an S3-compatible server configured the usual way.
 
 Inside, rasters and tables are laid out as in SpatialData, points and shapes in the native
 columnar layout (io/native.py); the root group carries ``spatialdata_attrs`` and
@@ -75,10 +78,22 @@ def repository_storage(loc: Location) -> Any:
         bucket, _, prefix = loc.path.partition("/")
         opts = loc.storage_options
         client = opts.get("client_kwargs", {}) or {}
-        endpoint = opts.get("endpoint_url") or client.get("endpoint_url")
-        key = opts.get("key") or opts.get("aws_access_key_id")
-        secret = opts.get("secret") or opts.get("aws_secret_access_key")
+        env = os.environ.get
+        endpoint = (
+            opts.get("endpoint_url")
+            or client.get("endpoint_url")
+            or env("AWS_ENDPOINT_URL_S3")
+            or env("AWS_ENDPOINT_URL")
+        )
         anonymous = bool(opts.get("anon"))
+        # static keys from the options or the environment are resolved here, so the forks
+        # handed to workers (other processes, other machines) carry them
+        key = opts.get("key") or opts.get("aws_access_key_id") or env("AWS_ACCESS_KEY_ID")
+        secret = (
+            opts.get("secret") or opts.get("aws_secret_access_key") or env("AWS_SECRET_ACCESS_KEY")
+        )
+        if not (key and secret) or anonymous:
+            key = secret = None
         return icechunk.s3_storage(
             bucket=bucket,
             prefix=prefix.strip("/") or None,
@@ -87,7 +102,7 @@ def repository_storage(loc: Location) -> Any:
             allow_http=bool(endpoint and str(endpoint).startswith("http://")),
             access_key_id=key,
             secret_access_key=secret,
-            session_token=opts.get("token"),
+            session_token=opts.get("token") or (env("AWS_SESSION_TOKEN") if key else None),
             anonymous=anonymous or None,
             force_path_style=bool(endpoint),
             from_env=None if (key or anonymous) else True,
