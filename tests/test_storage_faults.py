@@ -58,7 +58,7 @@ def _agg(by: str = "cells", agg: str = "count") -> tuple[str, dict]:
 
 
 def _query(x0: float) -> tuple[str, dict]:
-    box = {"axes": ["x", "y"], "min": [x0, 0.0], "max": [x0 + 150.0, 400.0]}
+    box = {"axes": ["x", "y"], "min": [x0, 0.0], "max": [x0 + 60.0, 160.0]}  # extent ~0-165
     return "query", {"element": "transcripts", "coordinate_system": "global", **box}
 
 
@@ -150,17 +150,19 @@ def _concurrently(configs: list[Any], address: str) -> list[Any]:
 
 @pytest.mark.parametrize("where", ["s3", "local"])
 def test_n_concurrent_jobs_on_one_branch_lose_nothing(
-    where, sample, s3_bucket, s3_server, cluster_client, tmp_path, monkeypatch
+    where, sample, s3_server, _cluster, tmp_path, monkeypatch, request
 ):
-    if where == "s3":
-        url, opts = _s3(s3_bucket, s3_server)
+    if where == "s3":  # (the bucket fixture names buckets by test name: one variant asks)
+        url, opts = _s3(request.getfixturevalue("s3_bucket"), s3_server)
         monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server["endpoint_url"])
     else:
         url, opts = str(tmp_path / "shared.icechunk"), {}
-    address = cluster_client.scheduler.address
+    # each job's own Client (in its own thread) computes its graph: the session cluster's
+    # address, not a global default scheduler shared by the threads
+    address = _cluster.scheduler.address
     # a fresh repository: the first commits also race for the root group's attributes
     jobs = [
-        [(f"job{i}_counts", _agg(agg="count")), (f"job{i}_roi", _query(100.0 * i))]
+        [(f"job{i}_counts", _agg(agg="count")), (f"job{i}_roi", _query(25.0 * i))]
         for i in range(N_JOBS)
     ]
     twin = jobs[0]  # the same run twice: it must land once

@@ -261,11 +261,13 @@ def commit_dataset(
     prepare: Callable[[zarr.Group], None] | None = None,
     tables: dict[str, Any] | None = None,
     finish_table: Callable[[str, Any], Any] | None = None,
+    scheduler: Any = None,
 ) -> str:
     """Write every element of ``ds`` into ``branch`` of ``repo`` in one commit; its snapshot id.
 
-    Runs on the active ``distributed`` client if there is one, else on Dask's default
-    scheduler. On any failure nothing is committed. ``tables`` maps names to delayed AnnData
+    Runs on ``scheduler`` (e.g. a ``distributed.Client``) when given, else on the active
+    ``distributed`` client if there is one, else on Dask's default scheduler. On any failure
+    nothing is committed. ``tables`` maps names to delayed AnnData
     objects computed in the same graph and written by the coordinator, each passed through
     ``finish_table(name, adata)`` first when given. ``prepare(root)`` runs in the
     coordinator's session before the fork (e.g. to delete nodes that ``extra_tasks(fork)``, more
@@ -292,6 +294,7 @@ def commit_dataset(
             prepare,
             tables,
             finish_table,
+            scheduler,
         )
 
 
@@ -306,6 +309,7 @@ def _write_and_commit(
     prepare: Callable[[zarr.Group], None] | None,
     tables: dict[str, Any] | None,
     finish_table: Callable[[str, Any], Any] | None,
+    scheduler: Any,
 ) -> str:
     import icechunk
 
@@ -317,7 +321,7 @@ def _write_and_commit(
     lazy_tables = dict(tables or {})
     if tasks or lazy_tables:
         merged = _tree_merge(tasks) if tasks else None
-        fork_metas, computed = dask.compute(merged, lazy_tables)
+        fork_metas, computed = dask.compute(merged, lazy_tables, scheduler=scheduler)
         if fork_metas is not None:
             fork, metas = fork_metas
             session.merge(fork)

@@ -205,6 +205,24 @@ def ref_lock(repo: Any, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
         os.close(fd)
 
 
+def _open_or_create(storage: Any, config: Any) -> Any:
+    """``open_or_create`` that survives a race: when another process creates the repository
+    between our look and our create, icechunk refuses the create ("clean prefixes only");
+    the repository then exists and is opened."""
+    import icechunk
+
+    for attempt in range(3):
+        try:
+            return icechunk.Repository.open_or_create(storage, config=config)
+        except icechunk.IcechunkError:
+            if attempt == 2:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+            with contextlib.suppress(icechunk.IcechunkError):
+                return icechunk.Repository.open(storage, config=config)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def open_repository(loc: Location, create: bool = False) -> Any:
     """Open the repository at ``loc`` (``create``: make it if there is none)."""
     import icechunk
@@ -215,7 +233,7 @@ def open_repository(loc: Location, create: bool = False) -> Any:
             os.makedirs(loc.path, exist_ok=True)
     try:
         if create:
-            return icechunk.Repository.open_or_create(storage, config=_config(loc))
+            return _open_or_create(storage, _config(loc))
         return icechunk.Repository.open(storage, config=_config(loc))
     except icechunk.IcechunkError as e:
         if create and not loc.is_local:

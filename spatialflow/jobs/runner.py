@@ -95,13 +95,17 @@ def find_run(repo: Any, branch: str, key: str) -> str | None:
 # --- the cluster -----------------------------------------------------------------------------
 @contextlib.contextmanager
 def cluster(cfg: ClusterConfig, scheduler: str | None = None) -> Iterator[Any]:
-    """A distributed Client: to ``scheduler`` (or the config's) or on a new LocalCluster."""
+    """A distributed Client: to ``scheduler`` (or the config's) or on a new LocalCluster.
+
+    Not made the global default (nor ``as_current``, which sets dask's global config): jobs
+    run in threads of one process must not swap each other's clients, so the commit's graph
+    is handed to this client explicitly."""
     from distributed import Client, LocalCluster
 
     address = scheduler or cfg.scheduler
     if address:
         try:
-            client = Client(address, timeout=cfg.timeout)
+            client = Client(address, timeout=cfg.timeout, set_as_default=False)
         except (OSError, TimeoutError) as e:
             raise SpatialFlowError(
                 f"cannot reach the Dask scheduler at {address} within "
@@ -121,7 +125,7 @@ def cluster(cfg: ClusterConfig, scheduler: str | None = None) -> Iterator[Any]:
             processes=True,
             dashboard_address=":0",
         ) as lc,
-        Client(lc) as client,
+        Client(lc, set_as_default=False) as client,
     ):
         yield client
 
@@ -278,6 +282,7 @@ def run_job(
                     metadata=metadata,
                     tables={n: t.to_delayed() for n, t in tables.items()},
                     finish_table=_finish_table,
+                    scheduler=client,
                 )
                 break
             except CommitConflictError:
