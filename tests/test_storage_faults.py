@@ -85,8 +85,17 @@ def _got(ds: sf.Dataset, name: str, kind: str) -> Any:
     return np.sort(ds.points[name].data.compute()[["x", "y"]].to_numpy(), axis=0)
 
 
-def _s3(bucket: str, s3_server: dict) -> tuple[str, dict]:
+def _s3(s3_server: dict) -> tuple[str, dict]:
+    """A new bucket (named uniquely: conftest's s3_bucket names buckets by a truncated test
+    name, which parametrized variants share) and the options to reach it."""
+    import uuid
+
+    import s3fs
+
     opts = {k: s3_server[k] for k in ("endpoint_url", "key", "secret")}
+    bucket = f"faults-{uuid.uuid4().hex[:12]}"
+    s3fs.S3FileSystem(**opts).mkdir(bucket)
+    s3fs.S3FileSystem.clear_instance_cache()
     return f"s3://{bucket}/repo", opts
 
 
@@ -95,11 +104,11 @@ def _run_keys(repo: Any) -> list[str]:
 
 
 # --- faults while a job runs ---------------------------------------------------------------------
-@pytest.mark.parametrize("rate", [0.1, 0.35])
+@pytest.mark.parametrize("rate", [0.1, pytest.param(0.35, marks=pytest.mark.slow)])
 def test_a_job_under_storage_faults_commits_right_or_nothing(
-    rate, sample, proxy, s3_bucket, s3_server, cluster_client
+    rate, sample, proxy, s3_server, cluster_client
 ):
-    url, opts = _s3(s3_bucket, s3_server)
+    url, opts = _s3(s3_server)
     address = cluster_client.scheduler.address
     outputs = [("counts", _agg()), ("corner", _query(0.0))]
     base = run_job(_config(url, sample, [("first", _agg("spots"))]), scheduler=address)
@@ -150,10 +159,10 @@ def _concurrently(configs: list[Any], address: str) -> list[Any]:
 
 @pytest.mark.parametrize("where", ["s3", "local"])
 def test_n_concurrent_jobs_on_one_branch_lose_nothing(
-    where, sample, s3_server, _cluster, tmp_path, monkeypatch, request
+    where, sample, s3_server, _cluster, tmp_path, monkeypatch
 ):
-    if where == "s3":  # (the bucket fixture names buckets by test name: one variant asks)
-        url, opts = _s3(request.getfixturevalue("s3_bucket"), s3_server)
+    if where == "s3":
+        url, opts = _s3(s3_server)
         monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server["endpoint_url"])
     else:
         url, opts = str(tmp_path / "shared.icechunk"), {}
