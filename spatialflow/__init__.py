@@ -23,6 +23,7 @@ _EXPORTS: dict[str, str] = {
             "PlanError",
             "ConfigError",
             "CommitConflictError",
+            "StorageError",
         ],
         "spatialflow.errors",
     ),
@@ -98,6 +99,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from spatialflow.errors import FormatError as FormatError
     from spatialflow.errors import PlanError as PlanError
     from spatialflow.errors import SpatialFlowError as SpatialFlowError
+    from spatialflow.errors import StorageError as StorageError
     from spatialflow.errors import TransformError as TransformError
     from spatialflow.errors import ValidationError as ValidationError
     from spatialflow.io import read as read

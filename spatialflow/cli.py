@@ -3,7 +3,9 @@
 Every subcommand imports what it needs when it runs, so ``spatialflow --help`` and
 ``spatialflow map-coords`` start without loading Dask, AnnData or zarr. Errors a user caused
 (:class:`~spatialflow.errors.SpatialFlowError`) are printed as one line on stderr with exit
-code 2, never as a traceback.
+code 2, never as a traceback; an OSError the library did not name (the environment: disk,
+permissions) is one line with exit 1; Ctrl-C is one line with exit 130, and the writers
+undo what they had started (nothing committed, no half-written element).
 """
 
 from __future__ import annotations
@@ -427,11 +429,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except SpatialFlowError as e:
-        print(f"spatialflow {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
+        print(f"spatialflow {args.command}: {type(e).__name__}: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(
+            f"spatialflow {args.command}: interrupted; nothing was committed or left half-written",
+            file=sys.stderr,
+        )
         return 130
+    except (OSError, MemoryError) as e:  # the environment, not a bug: one line, no traceback
+        print(
+            f"spatialflow {args.command}: {type(e).__name__}: {_one_line(e)} (check the paths, "
+            "free space and permissions, or rerun with -v)",
+            file=sys.stderr,
+        )
+        if args.verbose:
+            log.exception("details")
+        return 1
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,6 +13,7 @@ __all__ = [
     "FormatError",
     "PlanError",
     "SpatialFlowError",
+    "StorageError",
     "TransformError",
     "ValidationError",
 ]
@@ -44,3 +45,9 @@ class ConfigError(SpatialFlowError, ValueError):
 
 class CommitConflictError(SpatialFlowError):
     """A concurrent commit touched the same data; nothing of this job was committed."""
+
+
+class StorageError(SpatialFlowError, OSError):
+    """A store cannot be created, written or reached (no such parent, permission denied, disk
+    full, the object store failing); nothing of the write was committed. Also an OSError, so
+    code that handles I/O failures keeps handling it."""

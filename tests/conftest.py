@@ -418,7 +418,8 @@ def s3_server() -> Iterator[dict[str, str]]:
     )
     endpoint = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(200):
+        deadline = time.monotonic() + 120  # a loaded machine imports moto slowly
+        while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise RuntimeError(f"moto server exited: {proc.stderr.read().decode()[-2000:]}")
             try:

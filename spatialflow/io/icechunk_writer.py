@@ -50,9 +50,11 @@ from spatialflow.elements.raster import RasterElement
 from spatialflow.elements.shapes import Shapes
 from spatialflow.elements.table import Table
 from spatialflow.errors import CommitConflictError, FormatError
+from spatialflow.io.guards import first_line, storage_errors
 from spatialflow.io.links import ATTRS_KEY as LINKS_KEY
 from spatialflow.io.links import merged_links_attrs, written_elements
 from spatialflow.io.native import frame_schema, native_attrs, write_frame_partition
+from spatialflow.io.repository import ref_lock, repository_url
 from spatialflow.io.sdformat import CONTAINER_VERSION
 from spatialflow.io.sdwriter import WRITE_ALL_CHUNKS, create_raster_nodes, write_table
 
@@ -291,24 +293,60 @@ def commit_dataset(
     tables: dict[str, Any] | None = None,
     finish_table: Callable[[str, Any], Any] | None = None,
     materialize: bool = False,
+    scheduler: Any = None,
 ) -> str:
     """Write every element of ``ds`` into ``branch`` of ``repo`` in one commit; its snapshot id.
 
-    Runs on the active ``distributed`` client if there is one, else on Dask's default
-    scheduler. On any failure nothing is committed. ``tables`` maps names to delayed AnnData
+    Runs on ``scheduler`` (e.g. a ``distributed.Client``) when given, else on the active
+    ``distributed`` client if there is one, else on Dask's default scheduler. On any failure
+    nothing is committed. ``tables`` maps names to delayed AnnData
     objects computed in the same graph and written by the coordinator, each passed through
     ``finish_table(name, adata)`` first when given. ``prepare(root)`` runs in the
     coordinator's session before the fork (e.g. to delete nodes that ``extra_tasks(fork)``, more
     write tasks returning ``(fork, [])``, recreate)."""
     import icechunk
 
+    where = repository_url(repo)
     try:
         session = repo.writable_session(branch)
     except icechunk.IcechunkError as e:
         raise FormatError(
-            f"no branch {branch!r} to commit to ({str(e).splitlines()[0]}); create it first "
-            "(repo.create_branch) or write to an existing branch"
+            f"{where}: no branch {branch!r} to commit to ({str(e).splitlines()[0]}); create "
+            "it first (repo.create_branch) or write to an existing branch"
         ) from e
+    with storage_errors(where, f"write to branch {branch!r}; nothing was committed"):
+        return _write_and_commit(
+            repo,
+            session,
+            ds,
+            branch,
+            message,
+            metadata,
+            extra_tasks,
+            prepare,
+            tables,
+            finish_table,
+            scheduler,
+            materialize,
+        )
+
+
+def _write_and_commit(
+    repo: Any,
+    session: Any,
+    ds: Dataset,
+    branch: str,
+    message: str,
+    metadata: dict[str, Any] | None,
+    extra_tasks: Callable[[Any], list[Any]] | None,
+    prepare: Callable[[zarr.Group], None] | None,
+    tables: dict[str, Any] | None,
+    finish_table: Callable[[str, Any], Any] | None,
+    scheduler: Any,
+    materialize: bool,
+) -> str:
+    import icechunk
+
     holder: list[Any] = []
     plan = plan_writes(session, holder, ds, prepare, materialize)
     tasks = list(plan.tasks)
@@ -317,7 +355,7 @@ def commit_dataset(
     lazy_tables = dict(tables or {})
     if tasks or lazy_tables:
         merged = _tree_merge(tasks) if tasks else None
-        fork_metas, computed = dask.compute(merged, lazy_tables)
+        fork_metas, computed = dask.compute(merged, lazy_tables, scheduler=scheduler)
         if fork_metas is not None:
             fork, metas = fork_metas
             session.merge(fork)
@@ -327,13 +365,15 @@ def commit_dataset(
         log.info("nothing to commit on %r", branch)
         return str(session.snapshot_id)
     try:
-        return session.commit(
-            message, metadata=metadata or {}, rebase_with=icechunk.ConflictDetector()
-        )
+        with ref_lock(repo):  # local disk: one committer at a time (see io/repository.py)
+            return session.commit(
+                message, metadata=metadata or {}, rebase_with=icechunk.ConflictDetector()
+            )
     except (icechunk.ConflictError, icechunk.RebaseFailedError) as e:
         raise CommitConflictError(
-            f"branch {branch!r} moved while this job ran and the changes overlap ({e}); "
-            "nothing was committed; rerun the job on the new head"
+            f"{repository_url(repo)}: branch {branch!r} moved while this job ran and the "
+            f"changes overlap ({first_line(e)}); nothing was committed; rerun the job on the "
+            "new head"
         ) from e
 
 

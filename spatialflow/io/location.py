@@ -49,7 +49,10 @@ class Location:
         return Location(url, self.fs, path, self.storage_options)
 
     def exists(self, *parts: str) -> bool:
-        return bool(self.fs.exists(self.join(*parts)))
+        from spatialflow.io.guards import storage_errors
+
+        with storage_errors(self.url, "reach the store"):
+            return bool(self.fs.exists(self.join(*parts)))
 
     def read_json(self, *parts: str) -> dict[str, Any]:
         p = self.join(*parts)
@@ -58,7 +61,7 @@ class Location:
                 return json.loads(f.read())
         except FileNotFoundError as e:
             raise FormatError(f"{p}: not found") from e
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        except (OSError, ValueError, RecursionError) as e:  # JSON and Unicode errors too
             raise FormatError(f"{p}: not valid JSON ({e})") from e
 
     def zarr_store(self, read_only: bool = False) -> Any:

@@ -126,10 +126,22 @@ def dtype_spec(dtype: Any, where: str) -> dict[str, Any]:
 
 
 def pandas_dtype(spec: dict[str, Any]) -> Any:
-    """The dtype a :func:`dtype_spec` describes."""
+    """The dtype a :func:`dtype_spec` describes (a FormatError for a malformed spec)."""
+    try:
+        return _pandas_dtype(spec)
+    except FormatError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise FormatError(
+            f"malformed column spec {str(spec)[:120]} in a native schema ({type(e).__name__}: "
+            f"{e}); the element's metadata is damaged"
+        ) from e
+
+
+def _pandas_dtype(spec: dict[str, Any]) -> Any:
     kind = spec.get("kind")
     if kind == "categorical":
-        cats = pd.Index(spec["categories"], dtype=pandas_dtype(spec["categories_dtype"]))
+        cats = pd.Index(spec["categories"], dtype=_pandas_dtype(spec["categories_dtype"]))
         return pd.CategoricalDtype(cats, ordered=bool(spec.get("ordered", False)))
     if kind == "string":
         if spec["storage"] == "object":

@@ -1,10 +1,22 @@
 """Icechunk repositories: storage from a URL, reading a Dataset from a snapshot, history.
 
-Only read-only sessions are opened here; writable sessions belong to ``jobs/``. A repository
+Only read-only sessions are opened here; writable sessions belong to ``jobs/``.
+
+Concurrent writers: on S3 any number of processes may commit to one branch (icechunk updates
+refs with conditional writes; a commit that lost the race is rebased, see
+io/icechunk_writer.py). On local disk icechunk cannot do that safely, so every ref update
+through spatialflow takes :func:`ref_lock` (an flock inside the repository directory):
+commits from several processes on one machine are serialized, never interleaved. Writers on
+several machines sharing a network disk need object storage instead. Object-storage requests
+are retried with backoff (``S3_MAX_TRIES``) and a hung attempt is abandoned after
+``S3_ATTEMPT_TIMEOUT_MS``. A repository
 lives in a local directory (``path`` or ``file://``) or an S3-compatible bucket
 (``s3://bucket/prefix`` with ``storage_options`` as for s3fs: ``endpoint_url``, ``key``,
 ``secret``, ``region`` or ``client_kwargs={"region_name": ...}``; ``allow_http`` is inferred
-from an ``http://`` endpoint, and a custom endpoint uses path-style addressing).
+from an ``http://`` endpoint, and a custom endpoint uses path-style addressing). Without options,
+the standard environment variables apply (``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL``,
+``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_SESSION_TOKEN``), so ``spatialflow run``
+can commit to an S3-compatible server configured the usual way.
 
 Inside, rasters and tables are laid out as in SpatialData, points and shapes in the native
 columnar layout (io/native.py); the root group carries ``spatialdata_attrs`` and
@@ -13,7 +25,10 @@ columnar layout (io/native.py); the root group carries ``spatialdata_attrs`` and
 
 from __future__ import annotations
 
+import contextlib
 import os
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -24,8 +39,9 @@ from spatialflow.dataset import Dataset
 from spatialflow.elements import KINDS
 from spatialflow.elements.points import Points
 from spatialflow.elements.shapes import Shapes
-from spatialflow.errors import FormatError, SpatialFlowError
+from spatialflow.errors import CommitConflictError, FormatError, SpatialFlowError
 from spatialflow.io.columns import NativePartitions
+from spatialflow.io.guards import damaged_metadata, storage_error, storage_errors
 from spatialflow.io.links import apply_links_attrs
 from spatialflow.io.location import Location
 from spatialflow.io.native import read_native_frame
@@ -39,7 +55,9 @@ __all__ = [
     "open_repository",
     "read_repository",
     "read_session",
+    "ref_lock",
     "repository_storage",
+    "repository_url",
 ]
 
 os.environ.setdefault("ICECHUNK_LOG", "error")  # icechunk's Rust logs: keep warnings quiet
@@ -62,10 +80,22 @@ def repository_storage(loc: Location) -> Any:
         bucket, _, prefix = loc.path.partition("/")
         opts = loc.storage_options
         client = opts.get("client_kwargs", {}) or {}
-        endpoint = opts.get("endpoint_url") or client.get("endpoint_url")
-        key = opts.get("key") or opts.get("aws_access_key_id")
-        secret = opts.get("secret") or opts.get("aws_secret_access_key")
+        env = os.environ.get
+        endpoint = (
+            opts.get("endpoint_url")
+            or client.get("endpoint_url")
+            or env("AWS_ENDPOINT_URL_S3")
+            or env("AWS_ENDPOINT_URL")
+        )
         anonymous = bool(opts.get("anon"))
+        # static keys from the options or the environment are resolved here, so the forks
+        # handed to workers (other processes, other machines) carry them
+        key = opts.get("key") or opts.get("aws_access_key_id") or env("AWS_ACCESS_KEY_ID")
+        secret = (
+            opts.get("secret") or opts.get("aws_secret_access_key") or env("AWS_SECRET_ACCESS_KEY")
+        )
+        if not (key and secret) or anonymous:
+            key = secret = None
         return icechunk.s3_storage(
             bucket=bucket,
             prefix=prefix.strip("/") or None,
@@ -74,7 +104,7 @@ def repository_storage(loc: Location) -> Any:
             allow_http=bool(endpoint and str(endpoint).startswith("http://")),
             access_key_id=key,
             secret_access_key=secret,
-            session_token=opts.get("token"),
+            session_token=opts.get("token") or (env("AWS_SESSION_TOKEN") if key else None),
             anonymous=anonymous or None,
             force_path_style=bool(endpoint),
             from_env=None if (key or anonymous) else True,
@@ -85,16 +115,131 @@ def repository_storage(loc: Location) -> Any:
     )
 
 
+# --- storage settings and the local-disk commit lock ----------------------------------------
+S3_MAX_TRIES = 10  # per request, with exponential backoff: rides out 5xx bursts and resets
+S3_ATTEMPT_TIMEOUT_MS = 30_000  # one attempt that hangs longer is abandoned and retried
+LOCK_FILE = ".spatialflow-commit.lock"
+LOCK_TIMEOUT_S = 600.0
+
+
+def _config(loc: Location) -> Any:
+    """Retries and per-attempt timeouts for object storage (icechunk's own client)."""
+    import icechunk
+
+    if loc.is_local:
+        return None
+    config = icechunk.RepositoryConfig.default()
+    config.storage = icechunk.StorageSettings(
+        retries=icechunk.StorageRetriesSettings(
+            max_tries=S3_MAX_TRIES, initial_backoff_ms=100, max_backoff_ms=5_000
+        ),
+        timeouts=icechunk.StorageTimeoutSettings(
+            connect_timeout_ms=10_000,
+            read_timeout_ms=S3_ATTEMPT_TIMEOUT_MS,
+            operation_attempt_timeout_ms=S3_ATTEMPT_TIMEOUT_MS,
+        ),
+    )
+    return config
+
+
+def _storage_fields(repo: Any) -> dict[str, str]:
+    """``type``, ``path`` / ``bucket``, ``prefix`` ... of a repository's storage (its repr)."""
+    out = {}
+    for line in repr(repo.storage).splitlines():
+        key, sep, value = line.partition(": ")
+        if sep:
+            out[key.strip()] = value.strip()
+    return out
+
+
+def repository_url(repo: Any) -> str:
+    """Where a repository lives, for messages: a local path or ``s3://bucket/prefix``."""
+    f = _storage_fields(repo)
+    if "path" in f:
+        return f["path"]
+    if "bucket" in f:
+        return f"s3://{f['bucket']}/{f.get('prefix', '')}".rstrip("/")
+    return "the repository"
+
+
+@contextlib.contextmanager
+def ref_lock(repo: Any, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+    """Serialize ref updates (commits, tags, branch resets) of a repository on local disk.
+
+    Icechunk's local-filesystem storage has no atomic compare-and-swap of refs, so two
+    processes committing at once could both "win" and one update would be lost; object stores
+    (S3) have conditional writes and need no lock. The lock is an ``flock`` on
+    ``<repository>/.spatialflow-commit.lock``: held by one process (or thread) at a time on
+    this machine, released by the kernel if its holder dies. Concurrent writers on several
+    machines need object storage. Waiting longer than ``timeout`` is a CommitConflictError."""
+    path = (
+        _storage_fields(repo).get("path")
+        if "local" in _storage_fields(repo).get("type", "")
+        else None
+    )
+    if path is None:
+        yield
+        return
+    import fcntl
+
+    lock = os.path.join(path, LOCK_FILE)
+    with storage_errors(path, "lock the repository for a commit"):
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise CommitConflictError(
+                        f"{path}: another process has been committing to this repository for "
+                        f"over {timeout:g} s (lock {LOCK_FILE}); nothing was committed; rerun "
+                        "when it has finished"
+                    ) from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _open_or_create(storage: Any, config: Any) -> Any:
+    """``open_or_create`` that survives a race: when another process creates the repository
+    between our look and our create, icechunk refuses the create ("clean prefixes only");
+    the repository then exists and is opened."""
+    import icechunk
+
+    for attempt in range(3):
+        try:
+            return icechunk.Repository.open_or_create(storage, config=config)
+        except icechunk.IcechunkError:
+            if attempt == 2:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+            with contextlib.suppress(icechunk.IcechunkError):
+                return icechunk.Repository.open(storage, config=config)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def open_repository(loc: Location, create: bool = False) -> Any:
     """Open the repository at ``loc`` (``create``: make it if there is none)."""
     import icechunk
 
     storage = repository_storage(loc)
+    if create and loc.is_local and not loc.exists():
+        with storage_errors(loc.url, "create the repository"):
+            os.makedirs(loc.path, exist_ok=True)
     try:
         if create:
-            return icechunk.Repository.open_or_create(storage)
-        return icechunk.Repository.open(storage)
+            return _open_or_create(storage, _config(loc))
+        return icechunk.Repository.open(storage, config=_config(loc))
     except icechunk.IcechunkError as e:
+        if create and not loc.is_local:
+            raise storage_error(loc.url, e, "open or create the repository") from e
         raise FormatError(f"{loc.url}: cannot open the Icechunk repository ({_short(e)})") from e
 
 
@@ -130,10 +275,13 @@ def read_session(session: Any, where: str) -> Dataset:
         )
     ds = Dataset()
     for kind in KINDS:
-        for name, group in element_groups(root, kind, where):
+        with damaged_metadata(f"{where}/{kind}", "repair or remove the broken element"):
+            groups = element_groups(root, kind, where)
+        for name, group in groups:
             loc = f"{where}/{kind}/{name}"
             try:
-                el = _read_element(store, kind, f"{kind}/{name}", group, loc)
+                with damaged_metadata(loc):
+                    el = _read_element(store, kind, f"{kind}/{name}", group, loc)
                 getattr(ds, kind)[name] = el
             except FormatError:
                 raise

@@ -49,6 +49,7 @@ from spatialflow.elements.shapes import Shapes
 from spatialflow.elements.table import Table
 from spatialflow.errors import FormatError, SpatialFlowError
 from spatialflow.io.columns import ParquetRowGroups, points_frame, with_categories
+from spatialflow.io.guards import check_chunk_count, check_links, damaged_metadata
 from spatialflow.io.links import apply_links_attrs
 from spatialflow.io.location import Location
 from spatialflow.io.native import exact_dtypes
@@ -111,6 +112,13 @@ class Quiet:
 def _container_version(loc: Location, legacy: bool) -> None:
     meta_file = ".zattrs" if legacy else "zarr.json"
     meta = loc.read_json(meta_file) if loc.exists(meta_file) else {}
+    if not isinstance(meta, dict) or (
+        not legacy and (meta.get("zarr_format") != 3 or meta.get("node_type") != "group")
+    ):
+        raise FormatError(
+            f"{loc.url}: {meta_file} does not describe a zarr v{2 if legacy else 3} group "
+            f"(found {str(meta)[:80]!r}); the root metadata is damaged: restore or rewrite it"
+        )
     attrs = meta if legacy else meta.get("attributes", {})
     sd_attrs = attrs.get("spatialdata_attrs") if isinstance(attrs, dict) else None
     if legacy and not sd_attrs:
@@ -142,7 +150,9 @@ def read_spatialdata(loc: Location, legacy: bool = False) -> Dataset:
             raise FormatError(f"{loc.url}: cannot open the zarr root group ({e})") from e
         ds = Dataset()
         for kind in KINDS:
-            for name, group in element_groups(root, kind, loc.url):
+            with damaged_metadata(f"{loc.url}/{kind}", "repair or remove the broken element"):
+                groups = element_groups(root, kind, loc.url)
+            for name, group in groups:
                 where = f"{loc.url}/{kind}/{name}"
                 el = _read_element(loc, kind, f"{kind}/{name}", group, legacy)
                 try:
@@ -150,6 +160,7 @@ def read_spatialdata(loc: Location, legacy: bool = False) -> Dataset:
                 except SpatialFlowError as e:
                     raise FormatError(f"{where}: {e}") from e
         apply_links_attrs(ds, root.attrs.asdict(), loc.url)  # links, linked elements
+    check_links(ds, loc.url)
     return ds
 
 
@@ -182,17 +193,24 @@ def element_groups(root: zarr.Group, kind: str, url: str) -> list[tuple[str, zar
 def _read_element(loc: Location, kind: str, path: str, group: zarr.Group, legacy: bool) -> Any:
     where = f"{loc.url}/{path}"
     try:
-        if kind in ("images", "labels"):
-            return read_raster_group(group, kind, where, legacy)
-        if kind == "points":
-            return _read_points(loc, path, group, where)
-        if kind == "shapes":
-            return _read_shapes(loc, path, group, where)
-        return read_table_group(group, where)
+        with damaged_metadata(where):
+            return _read_kind(loc, kind, path, group, legacy, where)
     except FormatError:
         raise
     except SpatialFlowError as e:
         raise FormatError(f"{where}: {e}") from e
+
+
+def _read_kind(
+    loc: Location, kind: str, path: str, group: zarr.Group, legacy: bool, where: str
+) -> Any:
+    if kind in ("images", "labels"):
+        return read_raster_group(group, kind, where, legacy)
+    if kind == "points":
+        return _read_points(loc, path, group, where)
+    if kind == "shapes":
+        return _read_shapes(loc, path, group, where)
+    return read_table_group(group, where)
 
 
 # --- rasters -----------------------------------------------------------------------------
@@ -233,11 +251,19 @@ def read_raster_group(
         paths = [d["path"] for d in ms["datasets"]]
     except (KeyError, TypeError) as e:
         raise FormatError(f"{where}: malformed multiscales metadata (missing {e})") from e
+    for a in ms["axes"]:
+        if isinstance(a, dict) and a.get("type", "space") not in ("space", "channel"):
+            raise FormatError(
+                f"{where}: axis {a.get('name')!r} has type {a.get('type')!r}; a SpatialData "
+                "raster has 'space' axes (z, y, x) and an optional 'channel' axis (c)"
+            )
     levels = {}
     for k, p in enumerate(paths):
-        if p not in group or not isinstance(group[p], zarr.Array):
-            raise FormatError(f"{where}/{p}: the scale array is missing")
-        arr = da.from_zarr(group[p])
+        with damaged_metadata(f"{where}/{p}"):
+            if not isinstance(p, str) or p not in group or not isinstance(group[p], zarr.Array):
+                raise FormatError(f"{where}/{p}: the scale array is missing")
+            check_chunk_count(group[p].shape, group[p].chunks, f"{where}/{p}")
+            arr = da.from_zarr(group[p])
         if arr.ndim != len(dims):
             raise FormatError(f"{where}/{p}: {arr.ndim} dims but the axes are {dims}")
         levels[scale_key(k)] = xr.Dataset({"image": xr.DataArray(arr, dims=dims)})
@@ -380,6 +406,12 @@ def _read_points(loc: Location, path: str, group: zarr.Group, where: str) -> Poi
     meta = points_frame(schema.empty_table(), categories)  # from the footer: no row read
     _check_point_columns(meta, where)
     axes = ("x", "y", "z") if "z" in meta.columns else ("x", "y")
+    stored = attrs.get("axes", list(axes))
+    if not isinstance(stored, list) or not {"x", "y"} <= set(stored) <= set(axes):
+        raise FormatError(
+            f"{where}: axes {stored!r} must be a list like {list(axes)} naming coordinate "
+            f"columns of the parquet data (it has {list(meta.columns)}); fix the group's axes"
+        )
     groups = _row_groups(loc.fs, files, axes)
     ddf = dd.from_map(
         _read_parquet_row_group,

@@ -45,6 +45,7 @@ from spatialflow.elements.raster import Image, RasterElement
 from spatialflow.elements.shapes import Shapes
 from spatialflow.elements.table import Table
 from spatialflow.errors import FormatError
+from spatialflow.io.guards import storage_errors
 from spatialflow.io.links import ATTRS_KEY as LINKS_KEY
 from spatialflow.io.links import links_attrs, written_elements
 from spatialflow.io.location import Location, detect_layout
@@ -115,14 +116,15 @@ def write_spatialdata(
 ) -> None:
     """Write ``ds`` in the SpatialData 0.8 layout at ``loc`` (elements linked to external
     files as links in the root attributes, or as data with ``materialize=True``)."""
-    target = _check_target(loc, overwrite)
-    try:
-        with Quiet(), _scheduler(loc):
-            _write_container(ds, loc, replace=target == "store", materialize=materialize)
-    except BaseException:
-        with contextlib.suppress(Exception):
-            _undo(loc, target)
-        raise
+    with storage_errors(loc.url):
+        target = _check_target(loc, overwrite)
+        try:
+            with Quiet(), _scheduler(loc):
+                _write_container(ds, loc, replace=target == "store", materialize=materialize)
+        except BaseException:  # Ctrl-C included: no half-written element stays
+            with contextlib.suppress(Exception):
+                _undo(loc, target)
+            raise
 
 
 def _undo(loc: Location, target: str) -> None:

@@ -205,7 +205,31 @@ def parse_config(data: Any, base_dir: str = ".", where: str = "config") -> JobCo
     for key, val in (("branch", branch), ("message", message)):
         if not isinstance(val, str) or not val:
             raise ConfigError(f"{where}.commit.{key}: expected a non-empty string")
-    return JobConfig(d["repository"], inputs, steps, cluster, branch, message, d, base_dir)
+    cfg = JobConfig(d["repository"], inputs, steps, cluster, branch, message, d, base_dir)
+    _no_overwritten_inputs(cfg, where)
+    return cfg
+
+
+READS = {"aggregate": ("values", "by"), "query": ("element",), "transform": ("element",)}
+
+
+def _no_overwritten_inputs(cfg: JobConfig, where: str) -> None:
+    """No step may write an element that a step reads from the repository it commits to
+    (the job would read one version and replace it with another in one commit)."""
+    target = cfg.resolve(cfg.repository).rstrip("/")
+    read: dict[str, str] = {}
+    for i, step in enumerate(cfg.steps):
+        spec = cfg.inputs[step.params["input"]]
+        if cfg.resolve(spec.url).rstrip("/") == target and spec.snapshot is None:
+            for key in READS.get(step.kind, ()):
+                read[str(step.params[key]).casefold()] = f"steps[{i}].{step.kind}.{key}"
+    for i, step in enumerate(cfg.steps):
+        if step.output.casefold() in read:
+            raise ConfigError(
+                f"{where}.steps[{i}].{step.kind}.output: {step.output!r} would overwrite the "
+                f"input element that {read[step.output.casefold()]} reads from the repository "
+                "this job commits to; choose another output name"
+            )
 
 
 def _inputs(d: dict[str, Any], where: str) -> dict[str, InputConfig]:
@@ -273,6 +297,9 @@ def _steps(steps: Any, inputs: dict[str, InputConfig], where: str) -> list[Step]
             "none",
         ):
             raise ConfigError(f"{w}.blending: {params['blending']!r} is not cosine, linear or none")
+        for key in ("axes", "features"):
+            if key in params and not all(isinstance(v, str) for v in params[key]):
+                raise ConfigError(f"{w}.{key}: expected a list of strings")
         if kind == "query":
             for key in ("min", "max"):
                 if not all(

@@ -49,6 +49,8 @@ def rollback(repo: Any, branch: str, to: str) -> tuple[str, str]:
     """Move ``branch`` to a tag or snapshot id (compare-and-swap); (old, new) snapshot ids."""
     import icechunk
 
+    from spatialflow.io.repository import ref_lock
+
     if to in set(repo.list_tags()):
         target = repo.lookup_tag(to)
     else:
@@ -61,7 +63,8 @@ def rollback(repo: Any, branch: str, to: str) -> tuple[str, str]:
             ) from e
     current = repo.lookup_branch(branch)
     try:
-        repo.reset_branch(branch, target, from_snapshot_id=current)
+        with ref_lock(repo):
+            repo.reset_branch(branch, target, from_snapshot_id=current)
     except icechunk.IcechunkError as e:
         raise CommitConflictError(
             f"branch {branch!r} moved during the rollback ({e}); nothing changed, retry"

@@ -7,7 +7,12 @@ nothing (unless forced). Otherwise every output's plan joins one graph that writ
 workers into one fork of one writable session; the session commits once, with the run key,
 inputs, config, versions and timings as metadata, and the commit is tagged
 ``run/<date>-<key8>``. A conflicting concurrent commit is rebased when the changes are
-disjoint; otherwise :class:`~spatialflow.errors.CommitConflictError`, with nothing committed.
+disjoint; when they overlap (the same node, e.g. two first commits both writing the root
+attributes) nothing is committed and the job is redone on the new head, at most
+``COMMIT_ATTEMPTS`` times with jittered backoff, then
+:class:`~spatialflow.errors.CommitConflictError`. Before a retry the run key is looked up
+again: if the same run landed meanwhile (a twin process), this one is a no-op, so history
+shows each run once.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import datetime as _dt
 import hashlib
 import json
 import logging
+import random
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -24,13 +30,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from spatialflow.dataset import Dataset
-from spatialflow.errors import ConfigError, SpatialFlowError
+from spatialflow.errors import CommitConflictError, ConfigError, SpatialFlowError
 from spatialflow.jobs.config import ClusterConfig, JobConfig, Step
 from spatialflow.jobs.progress import no_progress
 
 __all__ = ["RunResult", "cluster", "find_run", "run_job", "run_key"]
 
 log = logging.getLogger(__name__)
+COMMIT_ATTEMPTS = 6  # a job whose commit conflicts is redone on the new head at most 5 times
 
 
 @dataclass
@@ -96,19 +103,23 @@ def find_run(repo: Any, branch: str, key: str) -> str | None:
 @contextlib.contextmanager
 def cluster(cfg: ClusterConfig, scheduler: str | None = None) -> Iterator[Any]:
     """A distributed Client: to ``scheduler`` (or the config's), or on a new cluster of the
-    config's kind (local, or slurm/pbs/sge/kubernetes through jobs/clusters.py)."""
+    config's kind (local, or slurm/pbs/sge/kubernetes through jobs/clusters.py).
+
+    Not made the global default (nor ``as_current``, which sets dask's global config): jobs
+    run in threads of one process must not swap each other's clients, so the commit's graph
+    is handed to this client explicitly."""
     from distributed import Client, LocalCluster
 
     address = scheduler or cfg.scheduler
     if not address and cfg.kind not in ("local", "address"):
         from spatialflow.jobs.clusters import start
 
-        with start(cfg) as batch, Client(batch) as client:
+        with start(cfg) as batch, Client(batch, set_as_default=False) as client:
             yield client
         return
     if address:
         try:
-            client = Client(address, timeout=cfg.timeout)
+            client = Client(address, timeout=cfg.timeout, set_as_default=False)
         except (OSError, TimeoutError) as e:
             raise SpatialFlowError(
                 f"cannot reach the Dask scheduler at {address} within "
@@ -128,7 +139,7 @@ def cluster(cfg: ClusterConfig, scheduler: str | None = None) -> Iterator[Any]:
             processes=True,
             dashboard_address=":0",
         ) as lc,
-        Client(lc) as client,
+        Client(lc, set_as_default=False) as client,
     ):
         yield client
 
@@ -270,8 +281,8 @@ class StitchStep:
     def explain(self, print_: bool = True) -> str:
         return self.lazy.explain(print_=print_)
 
-    def resolve(self, elements: Dataset) -> dict[str, Any]:
-        result = self.lazy.compute()
+    def resolve(self, elements: Dataset, client: Any = None) -> dict[str, Any]:
+        result = self.lazy.compute(**({"scheduler": client} if client is not None else {}))
         elements.images[self.output] = result.image
         if self.write_tiles:
             for name, el in result.registration.apply(self.ds, self.registered).items():
@@ -280,10 +291,12 @@ class StitchStep:
         return result.registration.report()
 
 
-def _resolve_stitches(tables: dict[str, Any], elements: Dataset, metadata: dict) -> None:
+def _resolve_stitches(
+    tables: dict[str, Any], elements: Dataset, metadata: dict, client: Any = None
+) -> None:
     for name in [n for n, t in tables.items() if isinstance(t, StitchStep)]:
         step = tables.pop(name)
-        metadata.setdefault("stitch", {})[name] = step.resolve(elements)
+        metadata.setdefault("stitch", {})[name] = step.resolve(elements, client)
 
 
 # --- running -----------------------------------------------------------------------------------
@@ -361,18 +374,35 @@ def run_job(
     with cluster(config.cluster, scheduler) as client:
         if on_client is not None:
             on_client(client)
-        _resolve_stitches(tables, elements, metadata)
+        _resolve_stitches(tables, elements, metadata, client)
         metadata["timings"] = {"prepare_seconds": round(time.perf_counter() - t0, 3)}
         with (step or no_progress)(f"job: {config.message}"):
-            snap = commit_dataset(
-                repo,
-                elements,
-                branch=config.branch,
-                message=config.message,
-                metadata=metadata,
-                tables={n: t.to_delayed() for n, t in tables.items()},
-                finish_table=_finish_table,
-            )
+            for attempt in range(COMMIT_ATTEMPTS):
+                try:
+                    snap = commit_dataset(
+                        repo,
+                        elements,
+                        branch=config.branch,
+                        message=config.message,
+                        metadata=metadata,
+                        tables={n: t.to_delayed() for n, t in tables.items()},
+                        finish_table=_finish_table,
+                        scheduler=client,
+                    )
+                    break
+                except CommitConflictError:
+                    # nothing was committed; the branch moved and the changes overlap. Redo the
+                    # whole job on the new head (bounded), unless this very run landed meanwhile.
+                    landed = find_run(repo, config.branch, key)
+                    if landed is not None and not force:
+                        return RunResult("no-op", key, snapshot=landed, elements=names)
+                    if attempt + 1 == COMMIT_ATTEMPTS:
+                        raise
+                    delay = min(8.0, 0.25 * 2**attempt) * (0.5 + random.random())
+                    log.warning(
+                        "commit conflict (attempt %d); retrying in %.1f s", attempt + 1, delay
+                    )
+                    time.sleep(delay)
     tag = _tag(repo, key, snap)
     return RunResult(
         "committed",
@@ -402,11 +432,14 @@ def _versions(ours: str) -> dict[str, str]:
 
 
 def _tag(repo: Any, key: str, snapshot: str) -> str:
+    from spatialflow.io.repository import ref_lock
+
     base = f"run/{_dt.date.today().isoformat()}-{key[:8]}"
-    existing = set(repo.list_tags())
-    name, n = base, 1
-    while name in existing:  # tags are immutable and never reusable (a forced rerun)
-        n += 1
-        name = f"{base}-{n}"
-    repo.create_tag(name, snapshot_id=snapshot)
+    with ref_lock(repo):
+        existing = set(repo.list_tags())
+        name, n = base, 1
+        while name in existing:  # tags are immutable and never reusable (a forced rerun)
+            n += 1
+            name = f"{base}-{n}"
+        repo.create_tag(name, snapshot_id=snapshot)
     return name
