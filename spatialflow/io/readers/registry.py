@@ -20,6 +20,7 @@ from typing import Any
 
 from spatialflow.errors import FormatError
 from spatialflow.io.readers.base import Reader
+from spatialflow.io.readers.cosmx import CosmxReader
 from spatialflow.io.readers.merscope import MerscopeReader
 from spatialflow.io.readers.repository import IcechunkReader
 from spatialflow.io.readers.spatialdata import SpatialDataReader
@@ -44,6 +45,7 @@ BUILTIN_READERS: dict[str, type[Reader]] = {
     SpatialDataReader.name: SpatialDataReader,
     XeniumReader.name: XeniumReader,
     MerscopeReader.name: MerscopeReader,
+    CosmxReader.name: CosmxReader,
 }
 
 
