@@ -54,7 +54,7 @@ def write_cosmx(layout: XeniumLike, path: Path) -> Path:
         cell_id[sel] = np.arange(1, len(sel) + 1)
     origin = {f: ((f - 1) % 2 * fov_px, (f - 1) // 2 * fov_px) for f in range(1, 5)}
 
-    counts, tiles = _counts(layout, len(cells), layout.n_genes + 3)
+    _, tiles = _counts(layout, len(cells), layout.n_genes + 3)
     tx = pd.concat(tiles, ignore_index=True)
     tx_px, ty_px = tx["x"].to_numpy() / ps, tx["y"].to_numpy() / ps
     tx_fov = (

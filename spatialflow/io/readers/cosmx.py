@@ -132,16 +132,15 @@ class CosmxFolder:
         for f in fovs:
             t = {f: Identity(), "global": affines[f]}
             if ps is not None:
-                t["microns"] = Affine(np.diag([ps, ps, 1.0]) @ affines[f].matrix, ("x", "y"), ("x", "y"))
+                t["microns"] = Affine(
+                    np.diag([ps, ps, 1.0]) @ affines[f].matrix, ("x", "y"), ("x", "y")
+                )
             systems[f] = t
         images: dict[str, Image] = {}
         labels: dict[str, Labels] = {}
         for fov, file in self._fov_files("CellComposite", fovs):
             arr = _flipped(file)
-            if arr.ndim == 2:
-                arr = arr[None]
-            else:
-                arr = arr.transpose(2, 0, 1)
+            arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
             names = {3: ["r", "g", "b"], 4: ["r", "g", "b", "a"]}.get(arr.shape[0])
             level = xr.DataArray(arr, dims=("c", "y", "x"))
             if names:
@@ -213,7 +212,9 @@ class CosmxFolder:
     def pixel_size(self) -> float | None:
         """Micrometres per pixel from the FOV origins in pixels and millimetres, if both given."""
         pos = pd.read_csv(self.fovs_file)
-        pairs = [(p, m) for p, m in (("x_global_px", "x_global_mm"), ("y_global_px", "y_global_mm"))]
+        pairs = [
+            (p, m) for p, m in (("x_global_px", "x_global_mm"), ("y_global_px", "y_global_mm"))
+        ]
         if not all(p in pos and m in pos for p, m in pairs):
             return None
         px = np.concatenate([pos[p].to_numpy(np.float64) for p, _ in pairs])
@@ -346,10 +347,7 @@ class _FovTask:
 
 def _flipped(file: Path) -> da.Array:
     """An image file's pixels, upside down (rows reversed), lazily."""
-    if file.suffix.lower() in (".tif", ".tiff"):
-        arr = lazy_array(file)
-    else:
-        arr = _pil_array(file)
+    arr = lazy_array(file) if file.suffix.lower() in (".tif", ".tiff") else _pil_array(file)
     arr = arr.squeeze() if arr.ndim > 2 and 1 in arr.shape[:-1] else arr
     return arr[::-1]
 
@@ -374,4 +372,3 @@ def _pil_read(file: Path) -> np.ndarray:
 
     with PILImage.open(file) as im:
         return np.asarray(im)
-
