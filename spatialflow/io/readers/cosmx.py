@@ -55,6 +55,7 @@ from spatialflow.io.readers._vendor import (
     known_categorical,
     lazy_array,
     local_folder,
+    pil_array,
     read_csv_block,
     require,
     require_columns,
@@ -347,28 +348,6 @@ class _FovTask:
 
 def _flipped(file: Path) -> da.Array:
     """An image file's pixels, upside down (rows reversed), lazily."""
-    arr = lazy_array(file) if file.suffix.lower() in (".tif", ".tiff") else _pil_array(file)
+    arr = lazy_array(file) if file.suffix.lower() in (".tif", ".tiff") else pil_array(file)
     arr = arr.squeeze() if arr.ndim > 2 and 1 in arr.shape[:-1] else arr
     return arr[::-1]
-
-
-def _pil_array(file: Path) -> da.Array:
-    from dask import delayed
-    from PIL import Image as PILImage
-
-    try:
-        with PILImage.open(file) as im:
-            w, h = im.size
-            bands = len(im.getbands())
-            probe = np.asarray(im.crop((0, 0, 1, 1)))
-    except OSError as e:
-        raise FormatError(f"{file}: not a readable image: {e}") from e
-    shape = (h, w) if bands == 1 else (h, w, bands)
-    return da.from_delayed(delayed(_pil_read)(file), shape=shape, dtype=probe.dtype)
-
-
-def _pil_read(file: Path) -> np.ndarray:
-    from PIL import Image as PILImage
-
-    with PILImage.open(file) as im:
-        return np.asarray(im)

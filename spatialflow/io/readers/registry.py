@@ -24,6 +24,7 @@ from spatialflow.io.readers.cosmx import CosmxReader
 from spatialflow.io.readers.merscope import MerscopeReader
 from spatialflow.io.readers.repository import IcechunkReader
 from spatialflow.io.readers.spatialdata import SpatialDataReader
+from spatialflow.io.readers.visium_hd import VisiumHDReader
 from spatialflow.io.readers.xenium import XeniumReader
 
 __all__ = [
@@ -46,6 +47,7 @@ BUILTIN_READERS: dict[str, type[Reader]] = {
     XeniumReader.name: XeniumReader,
     MerscopeReader.name: MerscopeReader,
     CosmxReader.name: CosmxReader,
+    VisiumHDReader.name: VisiumHDReader,
 }
 
 
