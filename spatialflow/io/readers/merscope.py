@@ -161,7 +161,9 @@ class _CsvTask:
 
     def convert(self, frame: pd.DataFrame, offset: int) -> pd.DataFrame:
         cols: dict[str, Any] = {}
-        order = [*_XYZ, "gene"] + [c for c in self.header if c not in (*_XYZ, "gene")]
+        # the file's own x, y (FOV pixels) give way to global_x/y as x, y (as spatialdata does)
+        skip = {*_XYZ, "gene", "x", "y", "z"}
+        order = [*_XYZ, "gene"] + [c for c in self.header if c not in skip]
         for c in order:
             s = frame[c]
             if c == "gene":
