@@ -393,3 +393,83 @@ def test_malformed_folder_writes_nothing(
     assert file in msg and words in msg, msg
     repo = icechunk.Repository.open(icechunk.local_filesystem_storage(str(repo_path)))
     assert [s.id for s in repo.ancestry(branch="main")] == before
+
+
+def _ms_truncated_csv(p: Path) -> None:
+    f = p / "detected_transcripts.csv"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size * 2 // 3])  # cut in the middle of a line
+
+
+def _ms_missing(p: Path) -> None:
+    (p / "cell_metadata.csv").unlink()
+
+
+def _cx_renamed(p: Path) -> None:
+    f = next(p.glob("*_tx_file.csv"))
+    pd.read_csv(f).rename(columns={"target": "gene"}).to_csv(f, index=False)
+
+
+def _cx_missing(p: Path) -> None:
+    next(p.glob("*_fov_positions_file.csv")).unlink()
+
+
+def _cx_pixel(p: Path) -> None:
+    f = next(p.glob("*_fov_positions_file.csv"))
+    t = pd.read_csv(f)
+    t.loc[0, "x_global_mm"] *= 1.5
+    t.to_csv(f, index=False)
+
+
+def _vh_pixel(p: Path) -> None:
+    f = p / "binned_outputs" / "square_008um" / "spatial" / "scalefactors_json.json"
+    sf_ = json.loads(f.read_text())
+    sf_["microns_per_pixel"] = 0.5
+    f.write_text(json.dumps(sf_))
+
+
+def _vh_truncated(p: Path) -> None:
+    f = p / "binned_outputs" / "square_016um" / "filtered_feature_bc_matrix.h5"
+    f.write_bytes(f.read_bytes()[:1000])
+
+
+def _vh_columns(p: Path) -> None:
+    f = p / "binned_outputs" / "square_002um" / "spatial" / "tissue_positions.parquet"
+    _rewrite(f, lambda t: t.rename(columns={"pxl_row_in_fullres": "row_px"}))
+
+
+@pytest.mark.parametrize(
+    ("kind", "damage", "file", "words"),
+    [
+        ("merscope", _ms_truncated_csv, "detected_transcripts.csv", "truncated"),
+        ("merscope", _ms_missing, "cell_metadata.csv", "missing file"),
+        ("cosmx", _cx_renamed, "_tx_file.csv", "missing column"),
+        ("cosmx", _cx_missing, "_fov_positions_file.csv", "missing file"),
+        ("cosmx", _cx_pixel, "_fov_positions_file.csv", "pixel size"),
+        ("visium_hd", _vh_pixel, "scalefactors_json.json", "pixel size"),
+        ("visium_hd", _vh_truncated, "filtered_feature_bc_matrix.h5", "truncated"),
+        ("visium_hd", _vh_columns, "tissue_positions.parquet", "columns must be"),
+    ],
+)
+def test_malformed_vendor_folders(
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    kind: str,
+    damage: object,
+    file: str,
+    words: str,
+) -> None:
+    import icechunk
+
+    from spatialflow.io.ingest import ingest
+
+    bad = _fresh(tmp_path, request.getfixturevalue(f"{kind}_folder"))
+    damage(bad)
+    repo_path = tmp_path / "target.icechunk"
+    repo = icechunk.Repository.create(icechunk.local_filesystem_storage(str(repo_path)))
+    before = [s.id for s in repo.ancestry(branch="main")]
+    with pytest.raises(FormatError) as info:
+        ingest(bad, repo_path, reader=kind)
+    msg = str(info.value)
+    assert file in msg and words in msg, msg
+    repo = icechunk.Repository.open(icechunk.local_filesystem_storage(str(repo_path)))
+    assert [s.id for s in repo.ancestry(branch="main")] == before
