@@ -44,6 +44,7 @@ __all__ = [
     "image_pyramid",
     "labels_pyramid",
     "parquet_file",
+    "parquet_source",
     "pil_array",
     "read_10x_h5",
     "require",
@@ -115,6 +116,21 @@ def parquet_file(path: Path) -> pq.ParquetFile:
         return pq.ParquetFile(path)
     except (pa.ArrowInvalid, OSError) as e:
         raise FormatError(f"{path}: not a readable parquet file (truncated?): {e}") from e
+
+
+def parquet_source(
+    path: Path, pf: pq.ParquetFile, categories: dict[str, list[Any]], renamed: dict[str, str]
+) -> Any:
+    """A column source over every row group of ``path`` (one per dask partition, in order);
+    ``renamed`` maps the file's column names to the element's."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    from spatialflow.io.columns import ParquetRowGroups
+
+    groups = [(str(path), g) for g in range(pf.num_row_groups)]
+    rows = [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)]
+    names = {ours: theirs for theirs, ours in renamed.items()}
+    return ParquetRowGroups(LocalFileSystem(), groups, categories, rows=rows, names=names)
 
 
 def read_row_group(path: Path, group: int, columns: list[str]) -> pa.Table:
