@@ -1,4 +1,4 @@
-"""Synthetic instrument output folders (Xenium v1 / v2+, MERSCOPE, CosMx, Visium HD) for the readers.
+"""Synthetic instrument output folders (Xenium v1 / v2+, MERSCOPE, CosMx, Visium HD).
 
 No vendor data is reachable from tests, so :func:`write_vendor_sample` writes a small, complete,
 self-consistent folder in each vendor's layout from the same synthetic tissue as
@@ -17,6 +17,8 @@ Decisions:
   without ``label_id``, ``feature_name`` as bytes); ``"2"`` (default) the XOA 2.x layout
   (``polygon_sets``, ``morphology_focus/morphology_focus_0000.ome.tif``, ``label_id``,
   ``codeword_index``, ``nucleus_count``).
+- CosMx and Visium HD folders are written by ``vendor_cosmx.py`` and ``vendor_visium_hd.py``
+  (same tissue, same helpers; see their docstrings for the layouts).
 - Cell ids are Xenium's string ids (prefix uint32 + dataset suffix, spelled with letters a..p).
 """
 
