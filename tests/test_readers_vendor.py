@@ -225,6 +225,7 @@ def test_cosmx_points_across_blocks(cosmx_folder: Path) -> None:
 
 def test_visium_hd_matches_spatialdata_io(visium_hd_folder: Path) -> None:
     ds = sf.read(visium_hd_folder)  # guessed from binned_outputs/square_*um/
+    assert "synthetic_visium_hd_cell_segmentations" in ds.shapes  # segmented_outputs
     shapes = ds.shapes["synthetic_visium_hd_square_008um"]
     assert isinstance(shapes.transforms["microns"], Scale)
     assert shapes.partition_bounds is not None
@@ -244,7 +245,7 @@ def test_visium_hd_circles_and_partitions(visium_hd_folder: Path) -> None:
         bins_per_partition=100,
         bin_size=2,
     )
-    assert sorted(ds.tables) == ["square_002um"]
+    assert sorted(ds.tables) == ["cell_segmentations", "square_002um"]
     circles = ds.shapes["synthetic_visium_hd_square_002um"]
     assert circles.npartitions > 5
     got = circles.data.compute()

@@ -14,6 +14,9 @@ Decisions:
   its centre in full-resolution pixels, and ``spot_diameter_fullres = b / microns_per_pixel``.
 - A bin is under tissue when at least one transcript falls in it. Barcodes are
   ``s_{b:03d}um_{row:05d}_{col:05d}-1``, listed row-major in every file.
+- ``segmented_outputs`` (Space Ranger 4): ``cell_segmentations.geojson`` (the cell polygons in
+  full-resolution pixels, ``properties.cell_id`` 1..n), ``filtered_feature_cell_matrix.h5``
+  (barcodes ``cellid_{id:09d}-1``) and ``spatial/scalefactors_json.json``.
 - The hires and lowres images are the full image averaged over 2 x 2 and 8 x 8 blocks
   (scale factors 0.5 and 0.125).
 """
@@ -44,7 +47,7 @@ def write_visium_hd(layout: XeniumLike, path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     sid = "synthetic_visium_hd"
     mpp = layout.pixel_size
-    cells, _, _ = _cells(layout)
+    cells, cell_geoms, _ = _cells(layout)
     _, tiles = _counts(layout, len(cells), layout.n_genes + 3)
     tx = pd.concat(tiles, ignore_index=True)
     genes = layout.genes
@@ -139,6 +142,7 @@ def write_visium_hd(layout: XeniumLike, path: Path) -> Path:
             indent=2,
         )
     )
+    _write_segmentation(path, layout, cells, cell_geoms, tx, base, ids)
     from PIL import Image as PILImage
 
     for name, k in (("tissue_hires_image.png", _HIRES), ("tissue_lowres_image.png", _LOWRES)):
@@ -146,3 +150,46 @@ def write_visium_hd(layout: XeniumLike, path: Path) -> Path:
         small = full[: h * k, : w * k].reshape(h, k, w, k, 3).mean(axis=(1, 3))
         PILImage.fromarray(small.round().astype(np.uint8), mode="RGB").save(path / "spatial" / name)
     return path
+
+
+def _write_segmentation(
+    path: Path,
+    layout: XeniumLike,
+    cells: pd.DataFrame,
+    geoms: np.ndarray,
+    tx: pd.DataFrame,
+    base: dict,
+    ids: list[str],
+) -> None:
+    """``segmented_outputs``: cell polygons (GeoJSON, full-resolution pixels) and their counts."""
+    import shapely
+
+    from spatialflow.datasets.vendor import _write_10x_h5
+
+    mpp = layout.pixel_size
+    seg = path / "segmented_outputs"
+    (seg / "spatial").mkdir(parents=True, exist_ok=True)
+    (seg / "spatial" / "scalefactors_json.json").write_text(
+        json.dumps({**base, "spot_diameter_fullres": 2 / mpp, "microns_per_pixel": mpp})
+    )
+    features = []
+    for k, g in enumerate(geoms):
+        ring = (shapely.get_coordinates(g.exterior) / mpp).round(2).tolist()
+        features.append(
+            {
+                "type": "Feature",
+                "geometry": {"type": "Polygon", "coordinates": [ring]},
+                "properties": {"cell_id": k + 1},
+            }
+        )
+    (seg / "cell_segmentations.geojson").write_text(
+        json.dumps({"type": "FeatureCollection", "features": features})
+    )
+    genes = layout.genes
+    owner, code = tx["cell_id"].to_numpy(), tx["code"].to_numpy()
+    keep = (owner >= 0) & (code < len(genes))
+    counts = np.zeros((len(cells), len(genes)), np.int64)
+    np.add.at(counts, (owner[keep], code[keep]), 1)
+    barcodes = [f"cellid_{k + 1:09d}-1" for k in range(len(cells))]
+    types = ["Gene Expression"] * len(genes)
+    _write_10x_h5(seg / "filtered_feature_cell_matrix.h5", counts, barcodes, genes, ids, types)

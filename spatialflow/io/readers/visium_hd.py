@@ -19,8 +19,9 @@ Decisions:
 - The consistency checks of spatialdata-io (bin size in the folder name equals
   ``bin_size_um``; ``bin_size_um / spot_diameter_fullres == microns_per_pixel``; the exact
   columns of ``tissue_positions.parquet``) are FormatErrors naming the file.
-- Not read (yet): ``segmented_outputs`` (cell / nucleus segmentations), the CytAssist image,
-  ``annotate_table_by_labels``; the folder's binned data is read and a warning is logged.
+- ``segmented_outputs`` (Space Ranger 4): the cell polygons ``{dataset_id}_cell_segmentations``
+  and table ``cell_segmentations`` as spatialdata-io makes them. Not read (yet): nucleus
+  segmentations, the CytAssist image, ``annotate_table_by_labels`` (options refused).
 """
 
 from __future__ import annotations
@@ -160,8 +161,6 @@ def _read(
         raise FormatError(f"{slice_file}: no readable metadata_json/hd_layout_json: {e}") from e
     if layout.get("file_format") != "1.0":
         log.warning("%s: HD layout file format %s", slice_file, layout.get("file_format"))
-    if (path / "segmented_outputs").exists():
-        log.warning("%s: segmented_outputs are not read (binned outputs only)", path)
 
     bins_root = path / "binned_outputs"
     dirs = _bin_dirs(bins_root) if bins_root.is_dir() else []
@@ -194,11 +193,59 @@ def _read(
         tables[d.name] = table
     if mpp is None and "microns_per_pixel" in scalefactors:
         mpp = float(scalefactors["microns_per_pixel"])
+    seg = _segmentation(path, dsid, systems, gex_only)
+    if seg is not None:
+        shapes[f"{dsid}_cell_segmentations"], tables["cell_segmentations"] = seg
     if mpp is not None:
         for s in shapes.values():
             s.transforms["microns"] = Scale([mpp, mpp], ("x", "y"))
     images = _images(path, prefix, dsid, fullres_image_file, hires, lowres, mpp)
     return Dataset(images=images, shapes=shapes, tables=tables)
+
+
+def _segmentation(
+    path: Path, dsid: str, systems: dict[str, Any], gex_only: bool
+) -> tuple[Shapes, Table] | None:
+    """Cell segmentation polygons and their counts (Space Ranger >= 4), when all files exist.
+
+    The GeoJSON is parsed in the client (JSON gives no partial reads); cells of the matrix
+    without a polygon are dropped, as spatialdata-io does."""
+    seg = path / "segmented_outputs"
+    files = [
+        seg / "filtered_feature_cell_matrix.h5",
+        seg / "cell_segmentations.geojson",
+        seg / "spatial" / "scalefactors_json.json",
+    ]
+    if not all(f.exists() for f in files):
+        if seg.exists():
+            log.warning("%s: incomplete segmented_outputs (need %s); not read", seg, files)
+        return None
+    adata = read_10x_h5(files[0], gex_only=gex_only)
+    adata.var_names_make_unique()
+    features = _json(files[1]).get("features")
+    if not isinstance(features, list):
+        raise FormatError(f"{files[1]}: not a GeoJSON FeatureCollection")
+    try:
+        by_id = {f"cellid_{f['properties']['cell_id']:09d}-1": f for f in features}
+    except (KeyError, TypeError, ValueError) as e:
+        raise FormatError(f"{files[1]}: a feature lacks an integer properties.cell_id: {e}") from e
+    ids, geoms = [], []
+    for name in adata.obs_names:
+        feature = by_id.get(name)
+        if feature:
+            try:
+                ring = np.asarray(feature["geometry"]["coordinates"][0], dtype=np.float64)
+            except (KeyError, TypeError, ValueError) as e:
+                raise FormatError(f"{files[1]}: cell {name}: no polygon coordinates: {e}") from e
+            geoms.append(shapely.Polygon(ring))
+            ids.append(name)
+    key = f"{dsid}_cell_segmentations"
+    gdf = gpd.GeoDataFrame({"cell_id": ids, "geometry": geoms}, index=ids)
+    adata.obs["cell_id"] = adata.obs.index
+    adata.obs["region"] = pd.Categorical([key] * adata.n_obs)
+    adata = adata[ids].copy()
+    shapes = Shapes(gdf, transforms=dict(systems), spatial_sort=False)
+    return shapes, Table(adata, region=key, region_key="region", instance_key="cell_id")
 
 
 def _scalefactors(path: Path, dirs: list[Path]) -> dict[str, Any]:
