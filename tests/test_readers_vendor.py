@@ -92,7 +92,7 @@ def _compare(ds: sf.Dataset, ref: object, *, panel_categories: bool = False) -> 
         fa, fb = a.compute(), b.compute()
         cats_a, cats_b = set(fa[feature].cat.categories), set(fb[feature].cat.categories)
         assert cats_b <= cats_a if panel_categories else cats_a == cats_b, name
-        fa = fa[list(fb.columns)]
+        fa, fb = _str_dtypes(fa[list(fb.columns)]), _str_dtypes(fb)
         for f in (fa, fb):
             f[feature] = f[feature].astype(str)
         pd.testing.assert_frame_equal(fa, fb, check_exact=True, obj=f"points/{name}")
