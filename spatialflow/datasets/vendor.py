@@ -1,4 +1,4 @@
-"""Synthetic instrument output folders (Xenium v1 / v2+, MERSCOPE) for the vendor readers.
+"""Synthetic instrument output folders (Xenium v1 / v2+, MERSCOPE, CosMx, Visium HD).
 
 No vendor data is reachable from tests, so :func:`write_vendor_sample` writes a small, complete,
 self-consistent folder in each vendor's layout from the same synthetic tissue as
@@ -17,6 +17,8 @@ Decisions:
   without ``label_id``, ``feature_name`` as bytes); ``"2"`` (default) the XOA 2.x layout
   (``polygon_sets``, ``morphology_focus/morphology_focus_0000.ome.tif``, ``label_id``,
   ``codeword_index``, ``nucleus_count``).
+- CosMx and Visium HD folders are written by ``vendor_cosmx.py`` and ``vendor_visium_hd.py``
+  (same tissue, same helpers; see their docstrings for the layouts).
 - Cell ids are Xenium's string ids (prefix uint32 + dataset suffix, spelled with letters a..p).
 """
 
@@ -43,9 +45,15 @@ from spatialflow.kernels.rasterize import rasterize_disks
 
 __all__ = ["VENDOR_KINDS", "write_vendor_sample"]
 
-VENDOR_KINDS = ("xenium", "merscope")
+VENDOR_KINDS = ("xenium", "merscope", "cosmx", "visium_hd")
 XENIUM_PIXEL_SIZE = 0.2125
 MERSCOPE_PIXEL_SIZE = 0.108
+_PIXEL_SIZES = {
+    "xenium": XENIUM_PIXEL_SIZE,
+    "merscope": MERSCOPE_PIXEL_SIZE,
+    "cosmx": 0.120280945,
+    "visium_hd": 0.2737,
+}
 _CONTROLS = ("NegControlProbe_00001", "NegControlProbe_00002", "NegControlCodeword_0500")
 
 
@@ -61,7 +69,7 @@ def write_vendor_sample(
 ) -> Path:
     """Write a synthetic output folder of instrument ``kind`` at ``path``; returns the folder.
 
-    ``kind`` is one of ``xenium``, ``merscope``. ``version`` selects a layout where a vendor has
+    ``kind`` is one of ``xenium``, ``merscope``, ``cosmx``, ``visium_hd``. ``version`` selects a layout where a vendor has
     several (Xenium: ``"1"`` or ``"2"``, the default). For MERSCOPE the data goes into
     ``path/<slide>/<region>`` as on the instrument, and that inner folder is returned."""
     if kind not in VENDOR_KINDS:
@@ -73,7 +81,7 @@ def write_vendor_sample(
         int(n_cells),
         n_genes=int(n_genes),
         seed=int(seed),
-        pixel_size=XENIUM_PIXEL_SIZE if kind == "xenium" else MERSCOPE_PIXEL_SIZE,
+        pixel_size=_PIXEL_SIZES[kind],
         transcripts_per_partition=max(1, min(int(n_transcripts), 2_000_000)),
     )
     path = Path(path)
@@ -84,6 +92,14 @@ def write_vendor_sample(
         return _write_xenium(layout, path, v)
     if version is not None:
         raise ValidationError(f"write_vendor_sample: {kind} has one layout; drop version=")
+    if kind == "cosmx":
+        from spatialflow.datasets.vendor_cosmx import write_cosmx
+
+        return write_cosmx(layout, path)
+    if kind == "visium_hd":
+        from spatialflow.datasets.vendor_visium_hd import write_visium_hd
+
+        return write_visium_hd(layout, path)
     return _write_merscope(layout, path)
 
 

@@ -26,6 +26,10 @@ __all__ = ["ColumnSource"]
 class ColumnSource(ABC):
     """Reads the partitions of one stored points element as numpy columns."""
 
+    #: whether :meth:`read_frame` gives exactly the element's frame (a source whose stored
+    #: columns need more than renaming to become the element's says False)
+    reads_frames: bool = True
+
     @property
     @abstractmethod
     def npartitions(self) -> int:

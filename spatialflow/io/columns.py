@@ -43,10 +43,10 @@ def arrow_codes(
     last: tuple[pa.Array, np.ndarray] | None = None
     for chunk in chunks:
         if not pa.types.is_dictionary(chunk.type):
-            out.append(categories.get_indexer(chunk.to_pandas()).astype(np.int32))
+            out.append(categories.get_indexer(_text(chunk).to_pandas()).astype(np.int32))
             continue
         if last is None or not last[0].equals(chunk.dictionary):
-            lookup = categories.get_indexer(chunk.dictionary.to_pandas()).astype(np.int32)
+            lookup = categories.get_indexer(_text(chunk.dictionary).to_pandas()).astype(np.int32)
             last = (chunk.dictionary, np.append(lookup, np.int32(-1)))  # [-1] -> -1 (null)
         lookup = last[1]
         indices = chunk.indices
@@ -87,6 +87,13 @@ def with_categories(df: pd.DataFrame, categories: dict[str, list]) -> pd.DataFra
     return df
 
 
+def _text(values: pa.Array) -> pa.Array:
+    """Binary values (e.g. Xenium 1.x gene names) as UTF-8 strings; anything else unchanged."""
+    if pa.types.is_binary(values.type) or pa.types.is_large_binary(values.type):
+        return values.cast(pa.string())
+    return values
+
+
 def _numbers(column: pa.ChunkedArray) -> np.ndarray:
     if column.null_count and pa.types.is_integer(column.type):
         return column.to_numpy(zero_copy_only=False).astype(np.float64)
@@ -94,7 +101,10 @@ def _numbers(column: pa.ChunkedArray) -> np.ndarray:
 
 
 class ParquetRowGroups(ColumnSource):
-    """One partition per (parquet file, row group), as the SpatialData reader partitions."""
+    """One partition per (parquet file, row group), as the SpatialData reader partitions.
+
+    ``names`` maps element column names to the file's where they differ (a vendor reader
+    renames ``x_location`` to ``x``); categorical columns are read dictionary-encoded."""
 
     def __init__(
         self,
@@ -102,11 +112,14 @@ class ParquetRowGroups(ColumnSource):
         groups: Sequence[tuple[str, int]],
         categories: dict[str, list[Any]],
         rows: Sequence[int] | None = None,
+        names: dict[str, str] | None = None,
     ) -> None:
         self.fs = fs
         self.groups = list(groups)
         self.categories = {c: list(v) for c, v in categories.items()}
         self._rows = list(rows) if rows is not None else None
+        self.names = dict(names or {})
+        self.reads_frames = not self.names  # stored names differ: frames come via dask
         self._index: dict[str, pd.Index] = {}
 
     @property
@@ -123,9 +136,10 @@ class ParquetRowGroups(ColumnSource):
 
     def _open(self, path: str) -> pq.ParquetFile:
         protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
+        dictionary = [self.names.get(c, c) for c in self.categories]
         if "file" in protocols:
-            return pq.ParquetFile(path, memory_map=True)
-        return pq.ParquetFile(self.fs.open(path, "rb"))
+            return pq.ParquetFile(path, memory_map=True, read_dictionary=dictionary)
+        return pq.ParquetFile(self.fs.open(path, "rb"), read_dictionary=dictionary)
 
     def read(self, k: int, columns: Sequence[str]) -> dict[str, np.ndarray]:
         return self.read_many([k], columns)
@@ -133,9 +147,10 @@ class ParquetRowGroups(ColumnSource):
     def read_many(self, ks: Sequence[int], columns: Sequence[str]) -> dict[str, np.ndarray]:
         """Partitions ``ks`` at once, in order: one read per parquet file they fall in."""
         tables = []
+        stored = [self.names.get(c, c) for c in columns]
         for path, rgs in self._runs(ks):
             try:
-                tables.append(self._open(path).read_row_groups(rgs, columns=list(columns)))
+                tables.append(self._open(path).read_row_groups(rgs, columns=stored))
             except (OSError, pa.ArrowException, ValueError) as e:
                 raise FormatError(
                     f"{path} (row groups {rgs[0]}..{rgs[-1]}): cannot read columns "
@@ -143,10 +158,10 @@ class ParquetRowGroups(ColumnSource):
                 ) from e
         table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
         return {
-            name: arrow_codes(table.column(name), self._cats(name))
+            name: arrow_codes(table.column(file_name), self._cats(name))
             if name in self.categories
-            else _numbers(table.column(name))
-            for name in columns
+            else _numbers(table.column(file_name))
+            for name, file_name in zip(columns, stored, strict=True)
         }
 
     def read_frame(self, ks: Sequence[int]) -> pd.DataFrame:

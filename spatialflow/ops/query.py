@@ -227,7 +227,8 @@ def _points(
         el.feature_key,
         None if feats is None else list(feats),
     )
-    if el.column_source is not None and len(parts) <= SMALL_QUERY_PARTITIONS:
+    src = el.column_source
+    if src is not None and src.reads_frames and len(parts) <= SMALL_QUERY_PARTITIONS:
         # a small selection: one task reads its row groups straight (in parallel) and
         # filters them; no graph per partition to build, optimize and schedule
         data = dd.from_delayed(

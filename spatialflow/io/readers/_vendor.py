@@ -44,6 +44,8 @@ __all__ = [
     "image_pyramid",
     "labels_pyramid",
     "parquet_file",
+    "parquet_source",
+    "pil_array",
     "read_10x_h5",
     "require",
     "require_columns",
@@ -114,6 +116,21 @@ def parquet_file(path: Path) -> pq.ParquetFile:
         return pq.ParquetFile(path)
     except (pa.ArrowInvalid, OSError) as e:
         raise FormatError(f"{path}: not a readable parquet file (truncated?): {e}") from e
+
+
+def parquet_source(
+    path: Path, pf: pq.ParquetFile, categories: dict[str, list[Any]], renamed: dict[str, str]
+) -> Any:
+    """A column source over every row group of ``path`` (one per dask partition, in order);
+    ``renamed`` maps the file's column names to the element's."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    from spatialflow.io.columns import ParquetRowGroups
+
+    groups = [(str(path), g) for g in range(pf.num_row_groups)]
+    rows = [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)]
+    names = {ours: theirs for theirs, ours in renamed.items()}
+    return ParquetRowGroups(LocalFileSystem(), groups, categories, rows=rows, names=names)
 
 
 def read_row_group(path: Path, group: int, columns: list[str]) -> pa.Table:
@@ -277,6 +294,29 @@ def ome_physical_size(path: Path) -> float | None:
         return None
     m = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', xml)
     return float(m.group(1)) if m else None
+
+
+def pil_array(file: Path) -> da.Array:
+    """A JPEG/PNG image as a dask array, read whole by one task (PIL gives no tiles)."""
+    from dask import delayed
+    from PIL import Image as PILImage
+
+    try:
+        with PILImage.open(file) as im:
+            w, h = im.size
+            bands = len(im.getbands())
+            probe = np.asarray(im.crop((0, 0, 1, 1)))
+    except OSError as e:
+        raise FormatError(f"{file}: not a readable image: {e}") from e
+    shape = (h, w) if bands == 1 else (h, w, bands)
+    return da.from_delayed(delayed(_pil_read)(file), shape=shape, dtype=probe.dtype)
+
+
+def _pil_read(file: Path) -> np.ndarray:
+    from PIL import Image as PILImage
+
+    with PILImage.open(file) as im:
+        return np.asarray(im)
 
 
 def image_pyramid(arr: da.Array, factors: Sequence[int]) -> list[xr.DataArray]:

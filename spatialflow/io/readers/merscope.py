@@ -11,7 +11,10 @@ Decisions:
 - ``detected_transcripts.csv`` is read in byte blocks cut at line ends, one task per block (no
   pass over the file in the client); ``gene`` gets its categories from the header of
   ``cell_by_gene.csv`` (the panel, blanks included). Columns: x, y, z, gene, then the file's
-  other columns in file order. The index runs over the whole file.
+  other columns in file order, except its own ``x``/``y`` (FOV pixels), which give way to
+  ``global_x``/``global_y`` as spatialdata's PointsModel does. With one block the index is the
+  row number; with several, block k's rows are numbered from ``k << 40`` (the rows before a
+  block are not counted without reading them).
 - Stains are stacked in sorted order (spatialdata-io stacks them in the order of a Python set).
 - Boundaries (GeoParquet): one partition per row group, ZIndex 0 and valid geometries only,
   as MultiPolygons indexed by EntityID (str).
@@ -161,7 +164,9 @@ class _CsvTask:
 
     def convert(self, frame: pd.DataFrame, offset: int) -> pd.DataFrame:
         cols: dict[str, Any] = {}
-        order = [*_XYZ, "gene"] + [c for c in self.header if c not in (*_XYZ, "gene")]
+        # the file's own x, y (FOV pixels) give way to global_x/y as x, y (as spatialdata does)
+        skip = {*_XYZ, "gene", "x", "y", "z"}
+        order = [*_XYZ, "gene"] + [c for c in self.header if c not in skip]
         for c in order:
             s = frame[c]
             if c == "gene":

@@ -20,9 +20,11 @@ from typing import Any
 
 from spatialflow.errors import FormatError
 from spatialflow.io.readers.base import Reader
+from spatialflow.io.readers.cosmx import CosmxReader
 from spatialflow.io.readers.merscope import MerscopeReader
 from spatialflow.io.readers.repository import IcechunkReader
 from spatialflow.io.readers.spatialdata import SpatialDataReader
+from spatialflow.io.readers.visium_hd import VisiumHDReader
 from spatialflow.io.readers.xenium import XeniumReader
 
 __all__ = [
@@ -44,6 +46,8 @@ BUILTIN_READERS: dict[str, type[Reader]] = {
     SpatialDataReader.name: SpatialDataReader,
     XeniumReader.name: XeniumReader,
     MerscopeReader.name: MerscopeReader,
+    CosmxReader.name: CosmxReader,
+    VisiumHDReader.name: VisiumHDReader,
 }
 
 

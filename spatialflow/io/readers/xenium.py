@@ -9,7 +9,9 @@ Elements, coordinate systems, transformations and tables are those of spatialdat
 
 Decisions:
 - Transcripts: one partition per parquet row group, read by its own task; the partition's
-  bounding box comes from the row group's column statistics (no data read). ``feature_name``
+  bounding box comes from the row group's column statistics (no data read). The element
+  carries a column source over the same row groups, so hot paths (aggregation, queries) read
+  numpy columns and gene codes straight from parquet. ``feature_name``
   gets its categories from the features of ``cell_feature_matrix.h5`` (genes and controls, in
   the matrix's order): no pass over the transcripts. spatialdata-io's categories are the
   values in order of first appearance, so the category *order* differs; values and category
@@ -57,6 +59,7 @@ from spatialflow.io.readers._vendor import (
     local_folder,
     ome_physical_size,
     parquet_file,
+    parquet_source,
     read_10x_h5,
     read_row_group,
     require,
@@ -339,6 +342,7 @@ class XeniumFolder:
             instance_key="cell_id",
             transforms={"global": self.to_px, "microns": Identity()},
             partition_bounds=None if any(b is None for b in bounds) else bounds,
+            source=parquet_source(file, pf, {"feature_name": list(categories)}, _POINT_COLS),
         )
 
     def features(self) -> pd.Index:
