@@ -267,8 +267,8 @@ def test_aggregate_read_xenium_equals_spatialdata(
 
     ds = sf.read(xenium_folder, reader="xenium")
     pts = ds.points["transcripts"]
-    assert pts.source is not None and pts.source.npartitions == pts.npartitions
-    cols = pts.source.read(0, ["x", "y", "feature_name"])
+    assert pts.column_source is not None and pts.column_source.npartitions == pts.npartitions
+    cols = pts.column_source.read(0, ["x", "y", "feature_name"])
     part = pts.data.get_partition(0).compute()
     np.testing.assert_array_equal(cols["x"], part["x"].to_numpy())
     np.testing.assert_array_equal(cols["feature_name"], part["feature_name"].cat.codes.to_numpy())

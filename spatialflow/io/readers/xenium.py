@@ -342,7 +342,7 @@ class XeniumFolder:
             instance_key="cell_id",
             transforms={"global": self.to_px, "microns": Identity()},
             partition_bounds=None if any(b is None for b in bounds) else bounds,
-            source=parquet_source(file, pf, {"feature_name": list(categories)}, _POINT_COLS),
+            column_source=parquet_source(file, pf, {"feature_name": list(categories)}, _POINT_COLS),
         )
 
     def features(self) -> pd.Index:
