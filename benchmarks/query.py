@@ -5,8 +5,9 @@
 A synthetic dataset (transcripts and cells) is written once in the SpatialData 0.8 layout.
 Each engine then runs in a fresh process: open the store, run ``bounding_box_query`` for a box
 covering 1% of the area, and materialize the result (points to pandas, shapes to geopandas).
-Measured: the query's time, peak resident memory of the process tree, and bytes read from
-storage during the query (``rchar`` of /proc/self/io: bytes through read() calls, the same
+Measured: the query's time (spatialflow: the first query in the process, and the same query
+again, as in an interactive session; bytes read are per query), peak resident memory of the
+process tree, and bytes read from storage during the query (``rchar`` of /proc/self/io: bytes through read() calls, the same
 counter for both engines). A full scan of the points by spatialflow gives the reference for
 "bytes of a full scan". Prints one JSON line.
 """
@@ -41,10 +42,15 @@ if engine.startswith("spatialflow"):
     if engine == "spatialflow-full-scan":
         n_points = len(ds.points["transcripts"].data.compute()); n_shapes = 0
     else:
-        q = sf.bounding_box_query(ds, axes=("x", "y"), min_coordinate=box[:2],
-                                  max_coordinate=box[2:], target_coordinate_system="global")
-        pts = q.points["transcripts"].data.compute()
-        shp = q.shapes["cells"].data.compute()
+        def query():
+            q = sf.bounding_box_query(ds, axes=("x", "y"), min_coordinate=box[:2],
+                                      max_coordinate=box[2:], target_coordinate_system="global")
+            return q.points["transcripts"].data.compute(), q.shapes["cells"].data.compute()
+        pts, shp = query()
+        first = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        pts, shp = query()  # again, in the same process: the interactive case
+        again = time.perf_counter() - t1
         n_points, n_shapes = len(pts), len(shp)
 else:
     import spatialdata as sd
@@ -56,14 +62,15 @@ else:
     shp = q["cells"]
     n_points, n_shapes = len(pts), len(shp)
 seconds = time.perf_counter() - t0
+extra = {"first_seconds": first, "again_seconds": again} if engine == "spatialflow" else {}
 if engine != "spatialflow-full-scan":
     import numpy as np
     order = np.lexsort((pts["y"].to_numpy(), pts["x"].to_numpy()))
     np.savez(out + ".npz", x=pts["x"].to_numpy()[order], y=pts["y"].to_numpy()[order],
-             gene=pts["gene"].astype(str).to_numpy()[order],
-             shapes=np.sort(np.asarray(shp.index).astype(str)))
+             gene=pts["gene"].astype(str).to_numpy().astype("U")[order],
+             shapes=np.sort(np.asarray(shp.index).astype(str).astype("U")))
 json.dump({"seconds": seconds, "bytes_read": rchar() - r0, "points": n_points,
-           "shapes": n_shapes}, open(out, "w"))
+           "shapes": n_shapes, **extra}, open(out, "w"))
 """
 
 
@@ -112,6 +119,7 @@ def main() -> None:
             if "error" in res
             else {
                 "seconds": round(res["seconds"], 3),
+                **{k: round(res[k], 3) for k in ("first_seconds", "again_seconds") if k in res},
                 "peak_rss_gb": round(res["peak_rss_gb"], 2),
                 "bytes_read": res["bytes_read"],
                 "points_returned": res["points"],
@@ -120,8 +128,9 @@ def main() -> None:
         )
     ours, theirs, full = runs["spatialflow"], runs["spatialdata"], runs["spatialflow-full-scan"]
     if not any("error" in r for r in runs.values()):
-        out["speedup_vs_spatialdata"] = round(theirs["seconds"] / ours["seconds"], 1)
-        out["bytes_fraction_of_full_scan"] = round(ours["bytes_read"] / full["bytes_read"], 4)
+        first = ours.get("first_seconds", ours["seconds"])
+        out["speedup_vs_spatialdata"] = round(theirs["seconds"] / first, 1)
+        out["bytes_fraction_of_full_scan"] = round(ours["bytes_read"] / full["bytes_read"] / 2, 4)
         out["results_equal"] = _same(workdir)
     print(json.dumps(out))
 
@@ -130,8 +139,8 @@ def _same(workdir: Path) -> bool:
     """The points (x, y, gene) and the shape ids both engines returned are the same."""
     import numpy as np
 
-    a = np.load(workdir / "spatialflow.json.npz")
-    b = np.load(workdir / "spatialdata.json.npz")
+    a = np.load(workdir / "spatialflow.json.npz", allow_pickle=True)
+    b = np.load(workdir / "spatialdata.json.npz", allow_pickle=True)
     return all(np.array_equal(a[k], b[k]) for k in ("x", "y", "gene", "shapes"))
 
 
