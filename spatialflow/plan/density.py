@@ -49,8 +49,9 @@ from spatialflow.kernels.distance import (
 from spatialflow.kernels.polygons import flatten_polygons
 from spatialflow.plan.compiler import Frame, lower_frame
 from spatialflow.plan.nodes import Node
-from spatialflow.plan.optimizer import optimize, source_read
+from spatialflow.plan.optimizer import source_read
 from spatialflow.plan.reduce import FAN_IN, tree_reduce
+from spatialflow.plan.result import LazyPlan
 
 __all__ = ["Density", "DensityGraph", "LazyProfile", "lower_density", "ring_edges", "smooth_grid"]
 
@@ -395,29 +396,13 @@ def lower_density(node: Density) -> DensityGraph:
 # =========================================================================================
 # the lazy result
 # =========================================================================================
-class LazyProfile:
+class LazyProfile(LazyPlan):
     """The lazy result of ``sf.ring_density`` / ``sf.smooth_density``."""
 
-    def __init__(self, plan: Density) -> None:
-        self.plan = plan
-        self._optimized: Density | None = None
-        self._lowered: DensityGraph | None = None
+    node_type = Density
 
-    def optimized(self) -> Density:
-        if self._optimized is None:
-            out = optimize(self.plan)
-            assert isinstance(out, Density)
-            self._optimized = out
-        return self._optimized
-
-    def lower(self) -> DensityGraph:
-        if self._lowered is None:
-            self._lowered = lower_density(self.optimized())
-        return self._lowered
-
-    def to_delayed(self) -> Any:
-        """A dask Delayed computing the DataFrame."""
-        return self.lower().result
+    def _lower(self, node: Density) -> DensityGraph:
+        return lower_density(node)
 
     def explain(self, print_: bool = True) -> str:
         """The optimized plan, the partitions read, the contour index and the task count."""

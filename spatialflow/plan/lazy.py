@@ -9,7 +9,7 @@ from typing import Any
 from spatialflow.plan.aggregate import lower_aggregate
 from spatialflow.plan.aggregate.common import DROPPED, AggregateGraph, Spec
 from spatialflow.plan.nodes import Aggregate
-from spatialflow.plan.optimizer import optimize
+from spatialflow.plan.result import LazyPlan
 
 __all__ = ["LazyTable", "finish_table"]
 
@@ -24,31 +24,18 @@ def finish_table(adata: Any, what: str) -> Any:
     return adata
 
 
-class LazyTable:
+class LazyTable(LazyPlan):
     """The lazy result of ``sf.aggregate``: ``explain()``, ``compute()``, ``to_delayed()``."""
 
+    node_type = Aggregate
+
     def __init__(self, plan: Aggregate, spec: Spec, table_name: str) -> None:
-        self.plan = plan
+        super().__init__(plan)
         self.spec = spec
         self.table_name = table_name
-        self._optimized: Aggregate | None = None
-        self._lowered: AggregateGraph | None = None
 
-    def optimized(self) -> Aggregate:
-        if self._optimized is None:
-            out = optimize(self.plan)
-            assert isinstance(out, Aggregate)
-            self._optimized = out
-        return self._optimized
-
-    def lower(self) -> AggregateGraph:
-        if self._lowered is None:
-            self._lowered = lower_aggregate(self.optimized(), self.spec)
-        return self._lowered
-
-    def to_delayed(self) -> Any:
-        """A dask Delayed that computes the AnnData."""
-        return self.lower().result
+    def _lower(self, node: Aggregate) -> AggregateGraph:
+        return lower_aggregate(node, self.spec)
 
     def explain(self, print_: bool = True) -> str:
         """The optimized plan, the join strategy, partitions read and the task count."""
