@@ -232,7 +232,29 @@ def test_rollback_restores_earlier_content(sample, cluster_client):
         rollback(repo, "main", "run/never")
 
 
+STALL_AFTER_WRITE = """
+import pathlib, sys, time
+import spatialflow.io.icechunk_writer as writer
+
+real = writer._write_tables
+
+
+def write_then_stall(*args, **kwargs):
+    real(*args, **kwargs)  # the job's outputs are in the writable session, not committed
+    pathlib.Path(sys.argv[2]).touch()
+    time.sleep(600)
+
+
+writer._write_tables = write_then_stall
+from spatialflow.cli import main
+
+sys.exit(main(["run", sys.argv[1]]))
+"""
+
+
 def test_sigkill_mid_write_leaves_main_unchanged(sample, tmp_path):
+    """The job process is killed after its outputs were computed and written into its
+    session, before the commit (a marker file says when; a fixed sleep raced fast jobs)."""
     target = sample / "killed.icechunk"
     cfg_path = tmp_path / "job.yaml"
     data = yaml.safe_load((CONFIGS / "aggregate.yaml").read_text())
@@ -245,15 +267,20 @@ def test_sigkill_mid_write_leaves_main_unchanged(sample, tmp_path):
     before = _snapshot_content(target)
     data["steps"][0]["aggregate"]["output"] = "second_table"
     cfg_path.write_text(yaml.safe_dump(data))
+    marker = tmp_path / "written"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "spatialflow.cli", "run", str(cfg_path)],
+        [sys.executable, "-c", STALL_AFTER_WRITE, str(cfg_path), str(marker)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,
     )
-    time.sleep(6)  # the cluster is up and tasks are writing
+    deadline = time.monotonic() + 240
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    alive = proc.poll() is None
     os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    _, err = proc.communicate()
+    assert marker.exists() and alive, err.decode()[-2000:]  # killed mid-job, after writing
     assert _repo(target).lookup_branch("main") == head
     assert _snapshot_content(target) == before
     rerun = run_job(load_config(cfg_path))
