@@ -121,6 +121,31 @@ def _tree_rss(proc: psutil.Process) -> int:
     return total
 
 
+class PeakMemory:
+    """Samples the resident memory of a process tree every 50 ms while in its ``with`` block;
+    ``peak`` (bytes) is the largest sum seen, ``base`` the sum when the block began."""
+
+    def __init__(self, pid: int) -> None:
+        self._ps = psutil.Process(pid)
+        self.base = self.peak = _tree_rss(self._ps)
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._done.is_set():
+            with contextlib.suppress(psutil.Error):
+                self.peak = max(self.peak, _tree_rss(self._ps))
+            time.sleep(0.05)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+
 def run_process(code: str, argv: list[str], out: Path) -> dict:
     """Run ``code`` in a fresh interpreter; its JSON result plus wall time and the peak
     resident memory of its whole process tree (sampled every 50 ms)."""
@@ -130,29 +155,15 @@ def run_process(code: str, argv: list[str], out: Path) -> dict:
         stderr=subprocess.PIPE,
         text=True,
     )
-    ps = psutil.Process(proc.pid)
-    peak = 0
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            with contextlib.suppress(psutil.Error):
-                peak = max(peak, _tree_rss(ps))
-            time.sleep(0.05)
-
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
-    t0 = time.perf_counter()
-    _, stderr = proc.communicate()
-    wall = time.perf_counter() - t0
-    done.set()
-    th.join()
+    with PeakMemory(proc.pid) as mem:
+        t0 = time.perf_counter()
+        _, stderr = proc.communicate()
+        wall = time.perf_counter() - t0
     if proc.returncode != 0:
         return {"error": stderr[-2000:], "wall_seconds": wall}
     res = json.loads(out.read_text())
     res["wall_seconds"] = wall
-    res["peak_rss_gb"] = peak / 1e9
+    res["peak_rss_gb"] = mem.peak / 1e9
     return res
 
 

@@ -17,17 +17,16 @@ to a zarr store (what its users do to get a store), only up to ``--sdio-max-tran
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-import psutil
+sys.path.insert(0, str(Path(__file__).parent))
+from aggregate import PeakMemory
 
 RUNNER = r"""
 import json, sys, time, warnings
@@ -55,15 +54,9 @@ json.dump({"seconds": time.perf_counter() - t0, "transcripts": int(n)}, open(out
 """
 
 
-def _tree_rss(proc: psutil.Process) -> int:
-    total = 0
-    for p in [proc, *proc.children(recursive=True)]:
-        with contextlib.suppress(psutil.Error):
-            total += p.memory_info().rss
-    return total
-
-
 def run_process(argv: list[str], out: Path) -> dict:
+    """Run the engine in a fresh interpreter; memory is sampled from when its imports are
+    done (it prints "imported" and waits for "go")."""
     proc = subprocess.Popen(
         [sys.executable, "-c", RUNNER, *argv],
         stdin=subprocess.PIPE,
@@ -73,35 +66,20 @@ def run_process(argv: list[str], out: Path) -> dict:
     )
     assert proc.stdout is not None and proc.stdin is not None
     proc.stdout.readline()  # "imported"
-    ps = psutil.Process(proc.pid)
-    base = _tree_rss(ps)
-    peak = base
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            with contextlib.suppress(psutil.Error):
-                peak = max(peak, _tree_rss(ps))
-            time.sleep(0.05)
-
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
-    t0 = time.perf_counter()
-    proc.stdin.write("go\n")
-    proc.stdin.flush()
-    _, stderr = proc.communicate()
-    wall = time.perf_counter() - t0
-    done.set()
-    th.join()
+    with PeakMemory(proc.pid) as mem:
+        t0 = time.perf_counter()
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        _, stderr = proc.communicate()
+        wall = time.perf_counter() - t0
     if proc.returncode != 0:
         return {"error": stderr[-2000:], "wall_seconds": round(wall, 1)}
     res = json.loads(out.read_text())
     return {
         "seconds": round(res["seconds"], 1),
         "transcripts": res["transcripts"],
-        "peak_rss_gb": round(peak / 1e9, 3),
-        "peak_rss_above_imports_gb": round((peak - base) / 1e9, 3),
+        "peak_rss_gb": round(mem.peak / 1e9, 3),
+        "peak_rss_above_imports_gb": round((mem.peak - mem.base) / 1e9, 3),
     }
 
 
