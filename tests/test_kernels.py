@@ -688,3 +688,61 @@ def test_combine_zonal_errors_and_min_max():
         combine_zonal(a, ZonalStats.empty(3))
     with pytest.raises(ValueError, match="at least one"):
         combine_zonal_many([])
+
+
+# --- WKB bounds -----------------------------------------------------------------------------
+def _wkb_column(geoms, **to_wkb):
+    import pyarrow as pa
+
+    arr = pa.array(list(shapely.to_wkb(geoms, **to_wkb)), pa.binary())
+    _, offsets, data = arr.buffers()
+    return np.frombuffer(offsets, np.int32)[: len(arr) + 1], np.frombuffer(data, np.uint8)
+
+
+@pytest.mark.parametrize(
+    "flavor",
+    [
+        {},
+        {"byte_order": 0},  # big endian
+        {"flavor": "iso", "output_dimension": 3},  # ISO Z codes (1000 + type)
+        {"include_srid": True},  # EWKB with an SRID after the type
+    ],
+)
+def test_wkb_bounds_match_shapely(flavor):
+    from spatialflow.kernels.wkb import wkb_bounds
+
+    rng = np.random.default_rng(3)
+    geoms = [
+        shapely.box(0, 0, 1, 2),
+        Point(3, -4),
+        Point(1, 2, 3),
+        shapely.LineString([(0, 0), (5, -1), (2, 7)]),
+        Polygon([(0, 0), (10, 0), (10, 10)], [[(1, 1), (2, 1), (2, 2)]]),
+        MultiPolygon([shapely.box(0, 0, 1, 1), shapely.box(5, 5, 6, 7)]),
+        shapely.MultiPoint([(1, 1), (-3, 2)]),
+        shapely.MultiLineString([[(0, 0), (1, 1)], [(9, 9), (8, -8)]]),
+        *shapely.buffer(shapely.points(rng.uniform(-1e3, 1e3, (50, 2))), 2.5),
+        Polygon(),  # empty: NaN
+    ]
+    geoms = np.array(geoms, dtype=object)
+    if flavor.get("include_srid"):
+        geoms = shapely.set_srid(geoms, 4326)
+    got = wkb_bounds(*_wkb_column(geoms, **flavor))
+    np.testing.assert_array_equal(got, shapely.bounds(geoms))
+
+
+def test_wkb_bounds_of_unknown_and_broken_values_are_unbounded():
+    from spatialflow.kernels.wkb import wkb_bounds
+
+    geoms = np.array(
+        [shapely.GeometryCollection([Point(1, 1)]), shapely.box(0, 0, 1, 1)], dtype=object
+    )
+    offsets, data = _wkb_column(geoms)
+    everywhere = [-np.inf, -np.inf, np.inf, np.inf]
+    got = wkb_bounds(offsets, data)
+    assert got[0].tolist() == everywhere and got[1].tolist() == [0, 0, 1, 1]
+    cut = offsets.copy()
+    cut[2] -= 8  # the box's last coordinate pair is cut short
+    assert wkb_bounds(cut, data)[1].tolist() == everywhere
+    empty_value = np.array([0, 0], np.int32)  # a zero-length value (e.g. a null)
+    assert wkb_bounds(empty_value, data)[0].tolist() == everywhere

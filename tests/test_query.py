@@ -267,3 +267,82 @@ def test_bad_polygons():
         sf.polygon_query(ds, bowtie, target_coordinate_system="global")
     with pytest.raises(sf.SpatialFlowError, match="Polygon"):
         sf.polygon_query(ds, shapely.Point(0, 0), target_coordinate_system="global")
+
+
+@pytest.fixture(scope="module")
+def stored_shapes(tmp_path_factory):
+    """Polygons (some multi, with a categorical column) and circles in many row groups,
+    written in the SpatialData layout."""
+    rng = np.random.default_rng(11)
+    n = 3_000
+    c = rng.uniform(0, 1_000, (n, 2))
+    geoms = list(shapely.buffer(shapely.points(c), rng.uniform(1, 6, n), quad_segs=4))
+    for i in range(0, n, 10):  # every tenth is a two-part multipolygon
+        geoms[i] = shapely.MultiPolygon([geoms[i], shapely.box(*(c[i] + 8), *(c[i] + 11))])
+    polys = gpd.GeoDataFrame(
+        {"kind": pd.Categorical(rng.choice(["a", "b", "c"], n))},
+        geometry=geoms,
+        index=pd.Index([f"cell{i}" for i in range(n)]),
+    )
+    circles = gpd.GeoDataFrame({"radius": rng.uniform(1, 20, n)}, geometry=shapely.points(c))
+    path = tmp_path_factory.mktemp("shapes") / "s.zarr"
+    with mock.patch("spatialflow.io.sdwriter.SHAPES_ROW_GROUP", 150):
+        sf.Dataset(shapes={"polys": sf.Shapes(polys), "circles": sf.Shapes(circles)}).write(path)
+    return path
+
+
+@pytest.mark.parametrize("path", ["kernel", "decode-all", "per-partition"])
+def test_small_shape_queries_read_row_groups_in_one_task_and_match_spatialdata(
+    stored_shapes, path, monkeypatch
+):
+    from spatialflow.io import geoparquet
+    from spatialflow.ops import query
+
+    if path == "kernel":  # WKB bounds pick the rows to decode
+        monkeypatch.setattr(geoparquet, "KERNEL_MIN_ROWS", 0)
+    elif path == "decode-all":  # a fresh process with a small selection: decode every row
+        monkeypatch.setattr(geoparquet, "wkb_bounds_loaded", lambda: False)
+    else:  # a large selection: one task per row group
+        monkeypatch.setattr(query, "SMALL_QUERY_PARTITIONS", 0)
+    decoded: list[int] = []
+    real = geoparquet.geopandas_frame
+
+    def count(table, geo, rows):
+        decoded.append(table.num_rows)
+        return real(table, geo, rows)
+
+    monkeypatch.setattr(geoparquet, "geopandas_frame", count)
+    ds = sf.read(stored_shapes)
+    assert ds.shapes["polys"].npartitions >= 20
+    box = dict(
+        axes=XY,
+        min_coordinate=[300, 420],
+        max_coordinate=[480, 610],
+        target_coordinate_system="global",
+    )
+    q = sf.bounding_box_query(ds, **box)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = sd.bounding_box_query(sd.read_zarr(stored_shapes), **box)
+    for name in ("polys", "circles"):
+        got = q.shapes[name].data.compute()
+        assert 50 < len(got) < 600
+        assert got.dtypes.to_dict() == ds.shapes[name].data._meta.dtypes.to_dict()
+        stored = gpd.read_parquet(f"{stored_shapes}/shapes/{name}/shapes.parquet")
+        assert got.geometry.geom_equals_exact(stored.geometry.loc[got.index], 0).all()
+        if name == "polys":
+            assert sorted(got.index) == sorted(theirs[name].index)
+        else:  # disks meeting the box (spatialdata tests the centres only: a subset)
+            box_geom = shapely.box(300, 420, 480, 610)
+            disks = shapely.distance(stored.geometry.values, box_geom) <= stored["radius"]
+            assert sorted(got.index) == sorted(stored.index[disks])
+            assert set(theirs[name].index) < set(got.index)
+    polys = q.shapes["polys"].data.compute()
+    assert list(polys["kind"].cat.categories) == ["a", "b", "c"]
+    stored = gpd.read_parquet(f"{stored_shapes}/shapes/polys/shapes.parquet")
+    assert (polys["kind"] == stored["kind"].loc[polys.index]).all()
+    touched = len(q.shapes["polys"].plan.partitions()) * 150
+    if path == "kernel":  # only rows whose bounds meet the box were decoded
+        assert 0 < sum(decoded) < touched / 2
+    elif path == "decode-all":
+        assert sum(decoded) >= touched

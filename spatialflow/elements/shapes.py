@@ -22,6 +22,7 @@ from spatialflow.elements.partitioned import (
     PartitionedElement,
     split_frame,
 )
+from spatialflow.elements.sources import FrameSource
 from spatialflow.transforms.base import Transform
 
 __all__ = ["Shapes"]
@@ -43,6 +44,7 @@ class Shapes(PartitionedElement):
         partition_bounds: Any = None,
         rows_per_partition: int = 200_000,
         spatial_sort: bool = True,
+        frame_source: FrameSource | None = None,
     ) -> None:
         super().__init__(transforms=transforms, name=name)
         if isinstance(data, gpd.GeoDataFrame):
@@ -57,6 +59,14 @@ class Shapes(PartitionedElement):
         self._check_schema(data._meta)
         self.data: dask_geopandas.GeoDataFrame = data
         self._set_bounds(partition_bounds)
+        if frame_source is not None and frame_source.npartitions != self.npartitions:
+            raise self.error(
+                "frame_source",
+                f"the frame source has {frame_source.npartitions} partitions, the data "
+                f"{self.npartitions}",
+            )
+        #: reads several partitions in one task (set by readers; see elements/sources.py)
+        self.frame_source = frame_source
 
     @property
     def axes(self) -> tuple[str, ...]:

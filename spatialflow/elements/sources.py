@@ -9,6 +9,10 @@ SpatialData layout, zarr partitions of the native layout. Element constructors t
 data (transform, query) do not carry a source over, so a source always describes the data as
 stored.
 
+A Shapes element read from a store may likewise keep a :class:`FrameSource`: it reads several
+partitions as one GeoDataFrame in one task and, given a box, may skip decoding the rows whose
+geometry cannot meet it (small spatial queries use it instead of one task per partition).
+
 A source must pickle (it travels to Dask workers) and must hold no open file handles.
 """
 
@@ -16,11 +20,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["ColumnSource"]
+__all__ = ["ColumnSource", "FrameSource"]
 
 
 class ColumnSource(ABC):
@@ -55,3 +60,21 @@ class ColumnSource(ABC):
     def rows(self, k: int) -> int | None:
         """Rows of partition ``k`` if known without reading it (else None)."""
         return None
+
+
+class FrameSource(ABC):
+    """Reads partitions of one stored shapes element as a GeoDataFrame, in one task."""
+
+    @property
+    @abstractmethod
+    def npartitions(self) -> int:
+        """The number of partitions (the element's dask partitions, one for one)."""
+
+    @abstractmethod
+    def read_frame(
+        self, ks: Sequence[int], bbox: tuple[float, float, float, float] | None = None
+    ) -> Any:
+        """Partitions ``ks`` concatenated, as the element's GeoDataFrame (what the dask
+        partitions would give). With ``bbox`` = (minx, miny, maxx, maxy) in the element's
+        space, rows whose geometry (a circle: its disk) cannot meet the box may be left out;
+        every row that meets it is kept, so callers still apply their exact test."""

@@ -24,7 +24,7 @@ import json
 import math
 import os
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from spatialflow.errors import FormatError, SpatialFlowError, StorageError
 
@@ -150,3 +150,18 @@ def storage_errors(url: str, action: str = "write") -> Iterator[None]:
         if _is_storage_failure(e):
             raise storage_error(url, e, action) from e
         raise
+
+
+def unreadable_parquet(path: str, e: Exception, fs: Any = None) -> FormatError:
+    """The FormatError for a parquet file pyarrow (or the filesystem) could not read."""
+    protocol = getattr(fs, "protocol", ())
+    protocols = (protocol,) if isinstance(protocol, str) else tuple(protocol)
+    if "memory" in protocols and isinstance(e, FileNotFoundError):
+        return FormatError(
+            f"{path}: not found; memory:// stores exist in one process only, and this ran in "
+            "another (a distributed worker): compute with scheduler='threads'"
+        )
+    return FormatError(
+        f"{path}: unreadable parquet file ({type(e).__name__}: {e}); the file is damaged or "
+        "not parquet: restore it from a copy or rewrite the element"
+    )

@@ -180,7 +180,7 @@ def parquet_readers(
     """A reader of unit i = row group ``groups[i]`` (no Dask). Each file's footer is read
     once and kept, so a query reads the row groups it needs and nothing else."""
     from spatialflow.io.columns import points_frame
-    from spatialflow.io.sdformat import _unreadable
+    from spatialflow.io.guards import unreadable_parquet
 
     table = [(f, rg) for f, rg, _ in groups]
     footers: dict[str, Any] = {}
@@ -194,7 +194,7 @@ def parquet_readers(
                 footers[f] = pf.metadata
                 data = pf.read_row_group(rg)
         except (OSError, pa.ArrowException, ValueError) as e:
-            raise _unreadable(f"{f} (row group {rg})", e, fs) from e
+            raise unreadable_parquet(f"{f} (row group {rg})", e, fs) from e
         return points_frame(data, categories)
 
     return read

@@ -49,7 +49,13 @@ from spatialflow.elements.shapes import Shapes
 from spatialflow.elements.table import Table
 from spatialflow.errors import FormatError, SpatialFlowError
 from spatialflow.io.columns import ParquetRowGroups, points_frame, with_categories
-from spatialflow.io.guards import check_chunk_count, check_links, damaged_metadata
+from spatialflow.io.geoparquet import GeoParquetRowGroups, geopandas_frame, read_shapes_row_group
+from spatialflow.io.guards import (
+    check_chunk_count,
+    check_links,
+    damaged_metadata,
+    unreadable_parquet,
+)
 from spatialflow.io.links import apply_links_attrs
 from spatialflow.io.location import Location
 from spatialflow.io.native import exact_dtypes
@@ -292,28 +298,11 @@ def _parts(loc: Location, directory: str, where: str) -> list[str]:
     return sorted(files, key=key)
 
 
-def _unreadable(path: str, e: Exception, fs: Any = None) -> FormatError:
-    if fs is not None and "memory" in _protocols(fs) and isinstance(e, FileNotFoundError):
-        return FormatError(
-            f"{path}: not found; memory:// stores exist in one process only, and this ran in "
-            "another (a distributed worker): compute with scheduler='threads'"
-        )
-    return FormatError(
-        f"{path}: unreadable parquet file ({type(e).__name__}: {e}); the file is damaged or "
-        "not parquet: restore it from a copy or rewrite the element"
-    )
-
-
-def _protocols(fs: Any) -> tuple[str, ...]:
-    p = fs.protocol
-    return (p,) if isinstance(p, str) else tuple(p)
-
-
 def _open_parquet(fs: Any, path: str) -> pq.ParquetFile:
     try:
         return pq.ParquetFile(fs.open(path, "rb"))
     except (OSError, pa.ArrowException, ValueError) as e:
-        raise _unreadable(path, e, fs) from e
+        raise unreadable_parquet(path, e, fs) from e
 
 
 def _read_table(fs: Any, path: str, columns: list[str] | None = None) -> pa.Table:
@@ -321,7 +310,7 @@ def _read_table(fs: Any, path: str, columns: list[str] | None = None) -> pa.Tabl
         with fs.open(path, "rb") as f:
             return pq.read_table(f, columns=columns)
     except (OSError, pa.ArrowException, ValueError) as e:
-        raise _unreadable(path, e, fs) from e
+        raise unreadable_parquet(path, e, fs) from e
 
 
 def _read_parquet_row_group(
@@ -339,7 +328,7 @@ def _read_parquet_row_group(
         with fs.open(path, "rb") as f:
             table = pq.ParquetFile(f).read_row_group(rg, columns=read_cols)
     except (OSError, pa.ArrowException, ValueError) as e:
-        raise _unreadable(f"{path} (row group {rg})", e, fs) from e
+        raise unreadable_parquet(f"{path} (row group {rg})", e, fs) from e
     return points_frame(table, categories, columns)
 
 
@@ -488,37 +477,6 @@ def _dictionary_values(fs: Any, files: list[str], columns: list[str]) -> dict[st
     return {c: list(v) for c, v in merged.items()}
 
 
-def _read_shapes_row_group(
-    fs: Any, path: str, rg: int, offset: int, geo: dict, categories: dict | None = None
-) -> Any:
-    """Row group ``rg`` of a GeoParquet file (the first row is row ``offset`` of the file),
-    its categorical columns with the categories of the whole element."""
-    try:
-        with fs.open(path, "rb") as f:
-            pf = pq.ParquetFile(f)
-            table = pf.read_row_group(rg)
-    except (OSError, pa.ArrowException, ValueError) as e:
-        raise _unreadable(path, e, fs) from e
-    return with_categories(_geopandas(table, geo, offset), categories or {})
-
-
-def _geopandas(table: pa.Table, geo: dict, offset: int) -> Any:
-    """A GeoDataFrame as geopandas.read_parquet makes it (WKB or geoarrow geometry, the
-    index from the pandas metadata; a range index continued from row ``offset``)."""
-    from geopandas.io.arrow import _arrow_to_geopandas  # what geopandas.read_parquet uses
-
-    gdf = _arrow_to_geopandas(table, geo)
-    pandas_meta = table.schema.pandas_metadata or {}
-    for ix in pandas_meta.get("index_columns", []):
-        if isinstance(ix, dict) and ix.get("kind") == "range":
-            step = int(ix.get("step", 1))
-            start = int(ix.get("start", 0)) + offset * step
-            gdf.index = pd.RangeIndex(start, start + len(gdf) * step, step, name=ix.get("name"))
-    if gdf.index.name == "__index_level_0__":
-        gdf.index.name = None
-    return gdf
-
-
 def _read_shapes(loc: Location, path: str, group: zarr.Group, where: str) -> Shapes:
     attrs = group.attrs.asdict()
     _check_encoding(attrs, "ngff:shapes", where)
@@ -543,11 +501,11 @@ def _read_shapes(loc: Location, path: str, group: zarr.Group, where: str) -> Sha
     categories = _stored_categories(attrs, dict_cols)
     missing = [c for c in dict_cols if c not in categories]
     categories.update(_dictionary_values(loc.fs, [file], missing))  # that column only
-    meta = with_categories(_geopandas(pf.schema_arrow.empty_table(), geo, 0), categories)
+    meta = with_categories(geopandas_frame(pf.schema_arrow.empty_table(), geo, 0), categories)
     n = len(sizes)
     with exact_dtypes():  # spatialdata reads shapes with geopandas: no string conversion
         ddf = dd.from_map(
-            _read_shapes_row_group,
+            read_shapes_row_group,
             [loc.fs] * n,
             [file] * n,
             list(range(n)),
@@ -558,7 +516,12 @@ def _read_shapes(loc: Location, path: str, group: zarr.Group, where: str) -> Sha
             enforce_metadata=False,
             label="read-shapes-parquet",
         )
-    return Shapes(ddf, transforms=transforms, partition_bounds=_stored_bounds(attrs, n))
+    return Shapes(
+        ddf,
+        transforms=transforms,
+        partition_bounds=_stored_bounds(attrs, n),
+        frame_source=GeoParquetRowGroups(loc.fs, file, sizes, geo, categories),
+    )
 
 
 def _stored_bounds(attrs: dict[str, Any], n: int) -> np.ndarray | None:

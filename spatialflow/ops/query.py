@@ -13,7 +13,9 @@ elements left empty are dropped. Results are lazy:
   the element's column source, its row groups read in parallel: a result of a few thousand
   points then costs a handful of reads, not a graph of one task per row group.
 * **shapes**: kept when they intersect the query; circles are tested as disks (spatialdata tests
-  their centres), exactly, in the shapes' own space.
+  their centres), exactly, in the shapes' own space. A small selection of stored shapes is read
+  the same way as points, through the element's frame source: one task reads the row groups and
+  decodes only the rows whose WKB bounds meet the box.
 * **images/labels**: cropped to the pixels whose extent meets the query's bounding box in
   pixel space, exact to the pixel (spatialdata's off-by-one, its issue #1203, is not
   reproduced); every scale is cropped and the crop keeps its position through a translation
@@ -39,7 +41,7 @@ from spatialflow.elements.base import Element
 from spatialflow.elements.points import Points
 from spatialflow.elements.raster import Image, Labels, RasterElement, scale_key
 from spatialflow.elements.shapes import Shapes
-from spatialflow.elements.sources import ColumnSource
+from spatialflow.elements.sources import ColumnSource, FrameSource
 from spatialflow.elements.table import Table
 from spatialflow.errors import SpatialFlowError, TransformError, ValidationError
 from spatialflow.plan.nodes import Read
@@ -300,12 +302,27 @@ def _shapes(el: Shapes, t: Transform, geom: Any) -> Shapes | None:
     parts = read.partitions() or []
     if not parts:
         return None
-    data = el.data if len(parts) == el.npartitions else el.data.partitions[parts]
-    data = data.map_partitions(_select_shapes, local, meta=data._meta)
-    bounds = None if el.partition_bounds is None else el.partition_bounds[parts]
+    src = el.frame_source
+    if src is not None and len(parts) <= SMALL_QUERY_PARTITIONS:
+        # a small selection: one task reads its row groups, decodes only the rows whose
+        # bounds meet the box, and tests those exactly
+        data = dd.from_delayed(
+            [dask.delayed(_read_and_select_shapes)(src, parts, local, box)],
+            meta=el.data._meta,
+            verify_meta=False,
+        )
+        bounds = None if el.partition_bounds is None else _union(el.partition_bounds[parts])
+    else:
+        data = el.data if len(parts) == el.npartitions else el.data.partitions[parts]
+        data = data.map_partitions(_select_shapes, local, meta=data._meta)
+        bounds = None if el.partition_bounds is None else el.partition_bounds[parts]
     out = Shapes(data, transforms=dict(el.transforms), partition_bounds=bounds)
     out.plan = read  # type: ignore[attr-defined]
     return out
+
+
+def _read_and_select_shapes(source: FrameSource, parts: list[int], local: Any, box: tuple) -> Any:
+    return _select_shapes(source.read_frame(parts, bbox=box), local)
 
 
 def _select_shapes(gdf: Any, local: Any) -> Any:
