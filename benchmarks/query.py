@@ -5,7 +5,9 @@
 A synthetic dataset (transcripts and cells) is written once in the SpatialData 0.8 layout.
 Each engine then runs in a fresh process: open the store, run ``bounding_box_query`` for a box
 covering 1% of the area, and materialize the result (points to pandas, shapes to geopandas).
-Measured: the query's time (spatialflow: the first query in the process, and the same query
+Measured, imports excluded (also ``distributed``, which dask imports on a process's first
+compute): the query's time (spatialflow: the first query in the process, which includes
+starting numba's JIT when the selection is large enough to use a kernel, and the same query
 again, as in an interactive session; bytes read are per query), peak resident memory of the
 process tree, and bytes read from storage during the query (``rchar`` of /proc/self/io: bytes through read() calls, the same
 counter for both engines). A full scan of the points by spatialflow gives the reference for
@@ -28,6 +30,9 @@ RUNNER = r"""
 import json, sys, time, warnings
 warnings.filterwarnings("ignore")
 engine, store, out, box = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+# dask imports distributed (when installed) on the first compute of a process, ~0.3 s: an
+# import, excluded for both engines as every other import is
+import distributed
 
 def rchar():
     for line in open("/proc/self/io"):

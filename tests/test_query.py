@@ -346,3 +346,33 @@ def test_small_shape_queries_read_row_groups_in_one_task_and_match_spatialdata(
         assert 0 < sum(decoded) < touched / 2
     elif path == "decode-all":
         assert sum(decoded) >= touched
+
+
+def test_small_queries_of_a_native_store_equal_the_per_partition_path(
+    stored_shapes, tmp_path, monkeypatch
+):
+    from spatialflow.ops import query
+
+    repo = tmp_path / "r.icechunk"
+    sf.read(stored_shapes).write(repo, format="icechunk", message="shapes")
+    ds = sf.read(repo)
+    assert ds.shapes["polys"].frame_source is not None
+    box = dict(
+        axes=XY,
+        min_coordinate=[300, 420],
+        max_coordinate=[480, 610],
+        target_coordinate_system="global",
+    )
+    one_task = sf.bounding_box_query(ds, **box)
+    monkeypatch.setattr(query, "SMALL_QUERY_PARTITIONS", 0)
+    per_partition = sf.bounding_box_query(ds, **box)
+    for name in ("polys", "circles"):
+        a = one_task.shapes[name].data
+        b = per_partition.shapes[name].data
+        assert a.npartitions == 1 < b.npartitions
+        a, b = a.compute(), b.compute()
+        assert len(a) > 50
+        pd.testing.assert_frame_equal(
+            pd.DataFrame(a.drop(columns="geometry")), pd.DataFrame(b.drop(columns="geometry"))
+        )
+        assert a.geometry.geom_equals_exact(b.geometry, 0).all()

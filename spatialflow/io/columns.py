@@ -249,9 +249,10 @@ class NativePartitions(ColumnSource):
         return out
 
     def read_frame(self, ks: Sequence[int]) -> pd.DataFrame:
-        from spatialflow.io.native import read_frame_partition
+        from spatialflow.io.native import map_in_threads, read_frame_partition
 
-        frames = [
-            read_frame_partition(self.store, self.parts_path, k, self.schema, None) for k in ks
-        ]
+        frames = map_in_threads(
+            lambda k: read_frame_partition(self.store, self.parts_path, k, self.schema, None),
+            list(ks),
+        )
         return pd.concat(frames) if len(frames) > 1 else frames[0]

@@ -37,6 +37,7 @@ unfinished write). A partition's arrays are written whole, in chunks of up to 1M
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import dask
@@ -45,14 +46,17 @@ import numpy as np
 import pandas as pd
 import zarr
 
+from spatialflow.elements.sources import FrameSource
 from spatialflow.errors import FormatError
 from spatialflow.io.sdtransforms import write_transforms
 from spatialflow.transforms.base import Transform
 
 __all__ = [
     "LAYOUT_VERSION",
+    "NativeFrames",
     "exact_dtypes",
     "frame_schema",
+    "map_in_threads",
     "native_attrs",
     "partition_path",
     "read_native_frame",
@@ -418,3 +422,42 @@ def read_native_frame(
         )
     b = np.asarray(bounds, dtype=np.float64)
     return ddf, b
+
+
+def map_in_threads(fn: Callable[[int], Any], ks: Sequence[int]) -> list[Any]:
+    """``[fn(k) for k in ks]``, several at once (zarr and the codecs release the GIL)."""
+    if len(ks) <= 1:
+        return [fn(k) for k in ks]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(8, len(ks))) as pool:
+        return list(pool.map(fn, ks))
+
+
+class NativeFrames(FrameSource):
+    """The partitions of a native-layout shapes element, several read in one task (no rows
+    are skipped for a box: the geometry is stored decoded, as ragged coordinates)."""
+
+    def __init__(
+        self, store: Any, parts_path: str, schema: dict[str, Any], geometry: str, n: int
+    ) -> None:
+        self.store = store
+        self.parts_path = parts_path
+        self.schema = schema
+        self.geometry = geometry
+        self._n = n
+
+    @property
+    def npartitions(self) -> int:
+        return self._n
+
+    def read_frame(
+        self, ks: Sequence[int], bbox: tuple[float, float, float, float] | None = None
+    ) -> Any:
+        frames = map_in_threads(
+            lambda k: read_frame_partition(
+                self.store, self.parts_path, k, self.schema, self.geometry
+            ),
+            list(ks),
+        )
+        return pd.concat(frames) if len(frames) > 1 else frames[0]

@@ -44,7 +44,7 @@ from spatialflow.io.columns import NativePartitions
 from spatialflow.io.guards import damaged_metadata, storage_error, storage_errors
 from spatialflow.io.links import apply_links_attrs
 from spatialflow.io.location import Location
-from spatialflow.io.native import read_native_frame
+from spatialflow.io.native import NativeFrames, read_native_frame
 from spatialflow.io.sdformat import element_groups, read_raster_group, read_table_group
 from spatialflow.io.sdtransforms import read_transforms
 
@@ -329,7 +329,13 @@ def _read_frame(store: Any, path: str, attrs: dict[str, Any], kind: str, where: 
 
             el.index = read_native_index(store, path, attrs, el, where)
         return el
-    return Shapes(ddf, transforms=transforms, partition_bounds=bounds)
+    parts = attrs["partitions"]
+    frames = (
+        NativeFrames(store, f"{path}/{parts['group']}", attrs["schema"], attrs.get("geometry"), n)
+        if (n := len(parts["rows"]))
+        else None
+    )
+    return Shapes(ddf, transforms=transforms, partition_bounds=bounds, frame_source=frames)
 
 
 # --- history -------------------------------------------------------------------------------
