@@ -285,14 +285,27 @@ def stored_shapes(tmp_path_factory):
         index=pd.Index([f"cell{i}" for i in range(n)]),
     )
     circles = gpd.GeoDataFrame({"radius": rng.uniform(1, 20, n)}, geometry=shapely.points(c))
+    pts = pd.DataFrame(
+        {
+            "x": rng.uniform(0, 1_000, 30_000),
+            "y": rng.uniform(0, 1_000, 30_000),
+            "gene": pd.Categorical(rng.choice(["g1", "g2", "g3"], 30_000)),
+        }
+    )
     path = tmp_path_factory.mktemp("shapes") / "s.zarr"
-    with mock.patch("spatialflow.io.sdwriter.SHAPES_ROW_GROUP", 150):
-        sf.Dataset(shapes={"polys": sf.Shapes(polys), "circles": sf.Shapes(circles)}).write(path)
+    with (
+        mock.patch("spatialflow.io.sdwriter.SHAPES_ROW_GROUP", 150),
+        mock.patch("spatialflow.io.sdwriter.POINTS_ROW_GROUP", 500),
+    ):
+        sf.Dataset(
+            points={"pts": sf.Points(pts, feature_key="gene", rows_per_partition=1_000)},
+            shapes={"polys": sf.Shapes(polys), "circles": sf.Shapes(circles)},
+        ).write(path)
     return path
 
 
-@pytest.mark.parametrize("path", ["kernel", "decode-all", "per-partition"])
-def test_small_shape_queries_read_row_groups_in_one_task_and_match_spatialdata(
+@pytest.mark.parametrize("path", ["kernel", "decode-all", "batches", "per-partition"])
+def test_shape_queries_read_batches_of_row_groups_and_match_spatialdata(
     stored_shapes, path, monkeypatch
 ):
     from spatialflow.io import geoparquet
@@ -302,8 +315,6 @@ def test_small_shape_queries_read_row_groups_in_one_task_and_match_spatialdata(
         monkeypatch.setattr(geoparquet, "KERNEL_MIN_ROWS", 0)
     elif path == "decode-all":  # a fresh process with a small selection: decode every row
         monkeypatch.setattr(geoparquet, "wkb_bounds_loaded", lambda: False)
-    else:  # a large selection: one task per row group
-        monkeypatch.setattr(query, "SMALL_QUERY_PARTITIONS", 0)
     decoded: list[int] = []
     real = geoparquet.geopandas_frame
 
@@ -314,6 +325,12 @@ def test_small_shape_queries_read_row_groups_in_one_task_and_match_spatialdata(
     monkeypatch.setattr(geoparquet, "geopandas_frame", count)
     ds = sf.read(stored_shapes)
     assert ds.shapes["polys"].npartitions >= 20
+    if path == "batches":  # tasks of at most 2 row groups
+        monkeypatch.setattr(query, "BATCH_ROWS", {"points": 300, "shapes": 300})
+    if path == "per-partition":  # elements without a source: one task per partition
+        for el in ds.shapes.values():
+            el.frame_source = None
+        ds.points["pts"].column_source = None
     box = dict(
         axes=XY,
         min_coordinate=[300, 420],
@@ -321,6 +338,9 @@ def test_small_shape_queries_read_row_groups_in_one_task_and_match_spatialdata(
         target_coordinate_system="global",
     )
     q = sf.bounding_box_query(ds, **box)
+    touched = len(q.shapes["polys"].plan.partitions())
+    tasks = {"per-partition": touched, "batches": (touched + 1) // 2}.get(path, 1)
+    assert all(q.shapes[name].data.npartitions == tasks for name in ("polys", "circles"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         theirs = sd.bounding_box_query(sd.read_zarr(stored_shapes), **box)
@@ -337,22 +357,28 @@ def test_small_shape_queries_read_row_groups_in_one_task_and_match_spatialdata(
             disks = shapely.distance(stored.geometry.values, box_geom) <= stored["radius"]
             assert sorted(got.index) == sorted(stored.index[disks])
             assert set(theirs[name].index) < set(got.index)
+    points = q.points["pts"].data.compute()
+    their_points = theirs["pts"].compute()
+    assert 500 < len(points) == len(their_points)
+    pd.testing.assert_frame_equal(
+        points.sort_values(["x", "y"]).reset_index(drop=True),
+        their_points.sort_values(["x", "y"]).reset_index(drop=True),
+        check_dtype=False,
+        check_categorical=False,
+    )
+    if path == "batches":
+        assert q.points["pts"].data.npartitions > 1
     polys = q.shapes["polys"].data.compute()
     assert list(polys["kind"].cat.categories) == ["a", "b", "c"]
     stored = gpd.read_parquet(f"{stored_shapes}/shapes/polys/shapes.parquet")
     assert (polys["kind"] == stored["kind"].loc[polys.index]).all()
-    touched = len(q.shapes["polys"].plan.partitions()) * 150
     if path == "kernel":  # only rows whose bounds meet the box were decoded
-        assert 0 < sum(decoded) < touched / 2
+        assert 0 < sum(decoded) < touched * 150 / 2
     elif path == "decode-all":
-        assert sum(decoded) >= touched
+        assert sum(decoded) >= touched * 150
 
 
-def test_small_queries_of_a_native_store_equal_the_per_partition_path(
-    stored_shapes, tmp_path, monkeypatch
-):
-    from spatialflow.ops import query
-
+def test_small_queries_of_a_native_store_equal_the_per_partition_path(stored_shapes, tmp_path):
     repo = tmp_path / "r.icechunk"
     sf.read(stored_shapes).write(repo, format="icechunk", message="shapes")
     ds = sf.read(repo)
@@ -364,7 +390,8 @@ def test_small_queries_of_a_native_store_equal_the_per_partition_path(
         target_coordinate_system="global",
     )
     one_task = sf.bounding_box_query(ds, **box)
-    monkeypatch.setattr(query, "SMALL_QUERY_PARTITIONS", 0)
+    for el in ds.shapes.values():
+        el.frame_source = None
     per_partition = sf.bounding_box_query(ds, **box)
     for name in ("polys", "circles"):
         a = one_task.shapes[name].data

@@ -78,3 +78,7 @@ class FrameSource(ABC):
         partitions would give). With ``bbox`` = (minx, miny, maxx, maxy) in the element's
         space, rows whose geometry (a circle: its disk) cannot meet the box may be left out;
         every row that meets it is kept, so callers still apply their exact test."""
+
+    def rows(self, k: int) -> int | None:
+        """Rows of partition ``k`` if known without reading it (else None)."""
+        return None

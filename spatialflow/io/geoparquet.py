@@ -87,6 +87,9 @@ class GeoParquetRowGroups(FrameSource):
     def npartitions(self) -> int:
         return len(self.sizes)
 
+    def rows(self, k: int) -> int | None:
+        return self.sizes[k]
+
     def read_frame(
         self, ks: Sequence[int], bbox: tuple[float, float, float, float] | None = None
     ) -> Any:

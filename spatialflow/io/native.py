@@ -439,17 +439,20 @@ class NativeFrames(FrameSource):
     are skipped for a box: the geometry is stored decoded, as ragged coordinates)."""
 
     def __init__(
-        self, store: Any, parts_path: str, schema: dict[str, Any], geometry: str, n: int
+        self, store: Any, parts_path: str, schema: dict[str, Any], geometry: str, rows: list[int]
     ) -> None:
         self.store = store
         self.parts_path = parts_path
         self.schema = schema
         self.geometry = geometry
-        self._n = n
+        self._rows = list(rows)
 
     @property
     def npartitions(self) -> int:
-        return self._n
+        return len(self._rows)
+
+    def rows(self, k: int) -> int | None:
+        return self._rows[k]
 
     def read_frame(
         self, ks: Sequence[int], bbox: tuple[float, float, float, float] | None = None

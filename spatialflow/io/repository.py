@@ -331,8 +331,10 @@ def _read_frame(store: Any, path: str, attrs: dict[str, Any], kind: str, where: 
         return el
     parts = attrs["partitions"]
     frames = (
-        NativeFrames(store, f"{path}/{parts['group']}", attrs["schema"], attrs.get("geometry"), n)
-        if (n := len(parts["rows"]))
+        NativeFrames(
+            store, f"{path}/{parts['group']}", attrs["schema"], attrs.get("geometry"), parts["rows"]
+        )
+        if parts["rows"]
         else None
     )
     return Shapes(ddf, transforms=transforms, partition_bounds=bounds, frame_source=frames)

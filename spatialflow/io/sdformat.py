@@ -333,15 +333,18 @@ def _read_parquet_row_group(
 
 
 def _row_groups(
-    fs: Any, files: list[str], axes: tuple[str, ...]
+    fs: Any, files: list[str], axes: tuple[str, ...], rows: list[int] | None = None
 ) -> list[tuple[str, int, np.ndarray | None]]:
-    """(file, row group, bounds from the parquet statistics or None) of every row group."""
+    """(file, row group, bounds from the parquet statistics or None) of every row group; their
+    row counts are appended to ``rows`` when given."""
     out: list[tuple[str, int, np.ndarray | None]] = []
     for path in files:
         md = _open_parquet(fs, path).metadata
         names = [md.schema.column(i).name for i in range(md.num_columns)]
         for rg in range(md.num_row_groups):
             row_group = md.row_group(rg)
+            if rows is not None:
+                rows.append(row_group.num_rows)
             box: np.ndarray | None = np.full(2 * len(axes), np.nan)
             if row_group.num_rows:
                 stats = [
@@ -357,6 +360,8 @@ def _row_groups(
             out.append((path, rg, box))
     if not out:  # an empty element: one empty partition
         out.append((files[0], 0, np.full(2 * len(axes), np.nan)))
+        if rows is not None:
+            rows.append(0)
     return out
 
 
@@ -401,7 +406,8 @@ def _read_points(loc: Location, path: str, group: zarr.Group, where: str) -> Poi
             f"{where}: axes {stored!r} must be a list like {list(axes)} naming coordinate "
             f"columns of the parquet data (it has {list(meta.columns)}); fix the group's axes"
         )
-    groups = _row_groups(loc.fs, files, axes)
+    rows: list[int] = []
+    groups = _row_groups(loc.fs, files, axes, rows)
     ddf = dd.from_map(
         _read_parquet_row_group,
         [loc.fs] * len(groups),
@@ -419,7 +425,9 @@ def _read_points(loc: Location, path: str, group: zarr.Group, where: str) -> Poi
         instance_key=sd_attrs.get("instance_key"),
         transforms=read_transforms(attrs.get("coordinateTransformations"), where),
         partition_bounds=None if any(b is None for b in bounds) else np.vstack(bounds),
-        column_source=ParquetRowGroups(loc.fs, [(f, rg) for f, rg, _ in groups], categories),
+        column_source=ParquetRowGroups(
+            loc.fs, [(f, rg) for f, rg, _ in groups], categories, rows=rows
+        ),
     )
     extra = attrs.get("spatialflow")
     if isinstance(extra, dict) and "points_index" in extra:  # a multiscale index

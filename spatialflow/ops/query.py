@@ -8,13 +8,13 @@ elements left empty are dropped. Results are lazy:
   list is pruned when the plan is built); the others are filtered per partition, keeping their
   partitioning. A point is kept when it is strictly inside the box (as in spatialdata) or
   inside the polygon, tested in the target coordinate system. ``features`` keeps only rows whose
-  feature is listed, pushed into the reader. A small selection of stored points (at most
-  SMALL_QUERY_PARTITIONS row groups) becomes one partition read by one task straight through
-  the element's column source, its row groups read in parallel: a result of a few thousand
-  points then costs a handful of reads, not a graph of one task per row group.
+  feature is listed, pushed into the reader. The selected row groups of stored points are read
+  straight through the element's column source, in tasks of about BATCH_ROWS rows (their row
+  groups read in parallel): a result of a few thousand points costs one task, and a 1% box over
+  10^8 points a few, not a graph of one task per row group.
 * **shapes**: kept when they intersect the query; circles are tested as disks (spatialdata tests
-  their centres), exactly, in the shapes' own space. A small selection of stored shapes is read
-  the same way as points, through the element's frame source: one task reads the row groups and
+  their centres), exactly, in the shapes' own space. Stored shapes are read the same way as
+  points, through the element's frame source: each task reads a batch of row groups and
   decodes only the rows whose WKB bounds meet the box.
 * **images/labels**: cropped to the pixels whose extent meets the query's bounding box in
   pixel space, exact to the pixel (spatialdata's off-by-one, its issue #1203, is not
@@ -27,7 +27,7 @@ elements left empty are dropped. Results are lazy:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import dask
@@ -52,8 +52,9 @@ from spatialflow.transforms.composite import Sequence as Chain
 __all__ = ["QueryError", "bounding_box_query", "polygon_query"]
 
 
-# a query selecting at most this many stored partitions (row groups) is read in one task
-SMALL_QUERY_PARTITIONS = 64
+#: selected partitions of a stored element are read through its source in tasks of about this
+#: many rows (points, shapes): a 1% box at 10^8 points is a few tasks, not one per row group
+BATCH_ROWS = {"points": 1 << 19, "shapes": 1 << 15}
 
 
 class QueryError(ValidationError):
@@ -230,15 +231,16 @@ def _points(
         None if feats is None else list(feats),
     )
     src = el.column_source
-    if src is not None and src.reads_frames and len(parts) <= SMALL_QUERY_PARTITIONS:
-        # a small selection: one task reads its row groups straight (in parallel) and
-        # filters them; no graph per partition to build, optimize and schedule
+    if src is not None and src.reads_frames:
+        # tasks read batches of row groups straight (in parallel) and filter them; no graph
+        # of one task per row group to build, optimize and schedule
+        batches = _batches(parts, src.rows, BATCH_ROWS["points"])
         data = dd.from_delayed(
-            [dask.delayed(_read_and_select)(el.column_source, parts, select)],
+            [dask.delayed(_read_and_select)(src, b, select) for b in batches],
             meta=el.data._meta,
             verify_meta=False,
         )
-        bounds = None if el.partition_bounds is None else _union(el.partition_bounds[parts])
+        bounds = _batch_bounds(el.partition_bounds, batches)
     else:
         data = el.data if len(parts) == el.npartitions else el.data.partitions[parts]
         data = data.map_partitions(_select_points, *select, meta=data._meta)
@@ -256,6 +258,31 @@ def _points(
 
 def _read_and_select(source: ColumnSource, parts: list[int], select: tuple) -> pd.DataFrame:
     return _select_points(source.read_frame(parts), *select)
+
+
+def _batches(parts: list[int], rows: Callable[[int], int | None], limit: int) -> list[list[int]]:
+    """``parts`` cut, in order, into runs of at most ``limit`` rows (at least one part each; a
+    part of unknown size counts as 1/16 of the limit)."""
+    out: list[list[int]] = []
+    run: list[int] = []
+    total = 0
+    for k in parts:
+        n = rows(k)
+        n = limit // 16 if n is None else n
+        if run and total + n > limit:
+            out.append(run)
+            run, total = [], 0
+        run.append(k)
+        total += n
+    if run:
+        out.append(run)
+    return out
+
+
+def _batch_bounds(bounds: np.ndarray | None, batches: list[list[int]]) -> np.ndarray | None:
+    if bounds is None:
+        return None
+    return np.concatenate([_union(bounds[b]) for b in batches])
 
 
 def _union(bounds: np.ndarray) -> np.ndarray:
@@ -303,15 +330,16 @@ def _shapes(el: Shapes, t: Transform, geom: Any) -> Shapes | None:
     if not parts:
         return None
     src = el.frame_source
-    if src is not None and len(parts) <= SMALL_QUERY_PARTITIONS:
-        # a small selection: one task reads its row groups, decodes only the rows whose
-        # bounds meet the box, and tests those exactly
+    if src is not None:
+        # tasks read batches of row groups, decode only the rows whose bounds meet the box,
+        # and test those exactly
+        batches = _batches(parts, src.rows, BATCH_ROWS["shapes"])
         data = dd.from_delayed(
-            [dask.delayed(_read_and_select_shapes)(src, parts, local, box)],
+            [dask.delayed(_read_and_select_shapes)(src, b, local, box) for b in batches],
             meta=el.data._meta,
             verify_meta=False,
         )
-        bounds = None if el.partition_bounds is None else _union(el.partition_bounds[parts])
+        bounds = _batch_bounds(el.partition_bounds, batches)
     else:
         data = el.data if len(parts) == el.npartitions else el.data.partitions[parts]
         data = data.map_partitions(_select_shapes, local, meta=data._meta)
