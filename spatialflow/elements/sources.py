@@ -19,13 +19,35 @@ A source must pickle (it travels to Dask workers) and must hold no open file han
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["ColumnSource", "FrameSource"]
+__all__ = ["ColumnSource", "FrameColumns", "FrameSource", "RowFilter"]
+
+#: given columns by name (numbers as numpy, categoricals as int32 codes), the rows to keep
+RowFilter = Callable[[Mapping[str, np.ndarray]], np.ndarray]
+
+
+class FrameColumns(Mapping[str, np.ndarray]):
+    """The columns of a pandas frame as a :class:`RowFilter` sees them, taken on access."""
+
+    def __init__(self, df: pd.DataFrame) -> None:
+        self._df = df
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        col = self._df[name]
+        if isinstance(col.dtype, pd.CategoricalDtype):
+            return col.cat.codes.to_numpy().astype(np.int32)
+        return col.to_numpy()
+
+    def __iter__(self) -> Any:
+        return iter(self._df.columns)
+
+    def __len__(self) -> int:
+        return len(self._df.columns)
 
 
 class ColumnSource(ABC):
@@ -53,9 +75,11 @@ class ColumnSource(ABC):
         return {c: np.concatenate([p[c] for p in pieces]) for c in columns}
 
     @abstractmethod
-    def read_frame(self, ks: Sequence[int]) -> pd.DataFrame:
+    def read_frame(self, ks: Sequence[int], keep: RowFilter | None = None) -> pd.DataFrame:
         """Partitions ``ks`` with every column, concatenated, as the element's pandas frame
-        (what the dask partitions would give): for small selections read in one task."""
+        (what the dask partitions would give), for batches of a selection read in one task.
+        With ``keep``, only the rows it selects: it is called with the rows' columns (as
+        :meth:`read` gives them, taken on access) before any pandas frame is built."""
 
     def rows(self, k: int) -> int | None:
         """Rows of partition ``k`` if known without reading it (else None)."""

@@ -9,7 +9,7 @@ into the element's categories already.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from spatialflow.elements.sources import ColumnSource
+from spatialflow.elements.sources import ColumnSource, FrameColumns, RowFilter
 from spatialflow.errors import FormatError
 
 __all__ = [
@@ -164,9 +164,9 @@ class ParquetRowGroups(ColumnSource):
             for name, file_name in zip(columns, stored, strict=True)
         }
 
-    def read_frame(self, ks: Sequence[int]) -> pd.DataFrame:
+    def read_frame(self, ks: Sequence[int], keep: RowFilter | None = None) -> pd.DataFrame:
         """Partitions ``ks`` with every column, as the element's pandas frame; the files are
-        read in parallel (pyarrow releases the GIL)."""
+        read in parallel (pyarrow releases the GIL), ``keep`` is applied to the Arrow table."""
         from concurrent.futures import ThreadPoolExecutor
 
         runs = self._runs(ks)
@@ -183,7 +183,10 @@ class ParquetRowGroups(ColumnSource):
         else:
             with ThreadPoolExecutor(min(8, len(runs))) as pool:
                 tables = list(pool.map(one, runs))
-        return points_frame(pa.concat_tables(tables), self.categories)
+        table = pa.concat_tables(tables)
+        if keep is not None:
+            table = table.filter(pa.array(keep(_ArrowColumns(table, self))))
+        return points_frame(table, self.categories)
 
     def _runs(self, ks: Sequence[int]) -> list[tuple[str, list[int]]]:
         runs: list[tuple[str, list[int]]] = []
@@ -199,6 +202,26 @@ class ParquetRowGroups(ColumnSource):
         state = self.__dict__.copy()
         state["_index"] = {}
         return state
+
+
+class _ArrowColumns(Mapping[str, np.ndarray]):
+    """The columns of a row-group table as a RowFilter sees them, taken on access."""
+
+    def __init__(self, table: pa.Table, source: ParquetRowGroups) -> None:
+        self._table = table
+        self._source = source
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        column = self._table.column(self._source.names.get(name, name))
+        if name in self._source.categories:
+            return arrow_codes(column, self._source._cats(name))
+        return _numbers(column)
+
+    def __iter__(self) -> Any:
+        return iter(self._table.column_names)
+
+    def __len__(self) -> int:
+        return self._table.num_columns
 
 
 class NativePartitions(ColumnSource):
@@ -248,11 +271,12 @@ class NativePartitions(ColumnSource):
             ) from e
         return out
 
-    def read_frame(self, ks: Sequence[int]) -> pd.DataFrame:
+    def read_frame(self, ks: Sequence[int], keep: RowFilter | None = None) -> pd.DataFrame:
         from spatialflow.io.native import map_in_threads, read_frame_partition
 
-        frames = map_in_threads(
-            lambda k: read_frame_partition(self.store, self.parts_path, k, self.schema, None),
-            list(ks),
-        )
+        def one(k: int) -> pd.DataFrame:
+            df = read_frame_partition(self.store, self.parts_path, k, self.schema, None)
+            return df if keep is None else df[keep(FrameColumns(df))]
+
+        frames = map_in_threads(one, list(ks))
         return pd.concat(frames) if len(frames) > 1 else frames[0]

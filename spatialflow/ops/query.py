@@ -27,7 +27,8 @@ elements left empty are dropped. Results are lazy:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import dask
@@ -41,7 +42,7 @@ from spatialflow.elements.base import Element
 from spatialflow.elements.points import Points
 from spatialflow.elements.raster import Image, Labels, RasterElement, scale_key
 from spatialflow.elements.shapes import Shapes
-from spatialflow.elements.sources import ColumnSource, FrameSource
+from spatialflow.elements.sources import ColumnSource, FrameColumns, FrameSource
 from spatialflow.elements.table import Table
 from spatialflow.errors import SpatialFlowError, TransformError, ValidationError
 from spatialflow.plan.nodes import Read
@@ -221,22 +222,21 @@ def _points(
     if not parts:
         return None
     m = t.to_affine_matrix(el.axes, el.axes)
-    select = (
+    keep = _InRegion(
         el.axes,
         m,
         geom if not strict_box else None,
-        shapely.bounds(geom) if strict_box else None,
+        np.asarray(shapely.bounds(geom)) if strict_box else None,
         z,
-        el.feature_key,
-        None if feats is None else list(feats),
     )
+    select = (keep, el.feature_key, None if feats is None else list(feats))
     src = el.column_source
     if src is not None and src.reads_frames:
         # tasks read batches of row groups straight (in parallel) and filter them; no graph
         # of one task per row group to build, optimize and schedule
         batches = _batches(parts, src.rows, BATCH_ROWS["points"])
         data = dd.from_delayed(
-            [dask.delayed(_read_and_select)(src, b, select) for b in batches],
+            [dask.delayed(_read_and_select)(src, b, *select) for b in batches],
             meta=el.data._meta,
             verify_meta=False,
         )
@@ -256,8 +256,14 @@ def _points(
     return out
 
 
-def _read_and_select(source: ColumnSource, parts: list[int], select: tuple) -> pd.DataFrame:
-    return _select_points(source.read_frame(parts), *select)
+def _read_and_select(
+    source: ColumnSource,
+    parts: list[int],
+    keep: _InRegion,
+    feature_key: str | None,
+    features: list | None,
+) -> pd.DataFrame:
+    return _features(source.read_frame(parts, keep), feature_key, features)
 
 
 def _batches(parts: list[int], rows: Callable[[int], int | None], limit: int) -> list[list[int]]:
@@ -293,31 +299,57 @@ def _union(bounds: np.ndarray) -> np.ndarray:
     return np.r_[bounds[ok, :d].min(axis=0), bounds[ok, d:].max(axis=0)][None, :]
 
 
+@dataclass(frozen=True)
+class _InRegion:
+    """The row filter of a points query: the rows whose position, mapped by ``m`` into the
+    query's space, lies inside the box (strictly) or the polygon."""
+
+    axes: tuple[str, ...]
+    m: np.ndarray
+    polygon: Any
+    box: np.ndarray | None
+    z: tuple | None
+
+    def __call__(self, columns: Mapping[str, np.ndarray]) -> np.ndarray:
+        c = [columns[a] for a in self.axes]
+        x, y = _row(self.m[0], c), _row(self.m[1], c)
+        if self.box is not None:
+            b = self.box
+            keep = (x > b[0]) & (x < b[2]) & (y > b[1]) & (y < b[3])
+            if self.z is not None and "z" in self.axes:
+                zz = _row(self.m[self.axes.index("z")], c)
+                keep &= (zz > self.z[0]) & (zz < self.z[1])
+            return keep
+        return shapely.contains_xy(self.polygon, x, y)
+
+
+def _row(m_row: np.ndarray, c: list[np.ndarray]) -> np.ndarray:
+    """One output coordinate of an affine map, in float64, skipping zero terms (the common
+    maps are axis-aligned, so a coordinate usually needs one column, often unscaled)."""
+    out: np.ndarray | None = None
+    for j, col in enumerate(c):
+        if m_row[j] == 0:
+            continue
+        term = col.astype(np.float64) if m_row[j] == 1 else m_row[j] * col.astype(np.float64)
+        out = term if out is None else out + term
+    if out is None:
+        out = np.zeros(len(c[0]))
+    return out + m_row[-1] if m_row[-1] else out
+
+
 def _select_points(
-    df: pd.DataFrame,
-    axes: tuple[str, ...],
-    m: np.ndarray,
-    polygon: Any,
-    box: np.ndarray | None,
-    z: tuple | None,
-    feature_key: str | None,
-    features: list | None,
+    df: pd.DataFrame, keep: _InRegion, feature_key: str | None, features: list | None
 ) -> pd.DataFrame:
     if len(df) == 0:
         return df
-    if features is not None and feature_key is not None:
-        df = df[df[feature_key].isin(features)]
-    c = df[list(axes)].to_numpy(dtype=np.float64)
-    moved = c @ m[:-1, :-1].T + m[:-1, -1]
-    x, y = moved[:, 0], moved[:, 1]
-    if box is not None:
-        keep = (x > box[0]) & (x < box[2]) & (y > box[1]) & (y < box[3])
-        if z is not None and "z" in axes:
-            zz = moved[:, axes.index("z")]
-            keep &= (zz > z[0]) & (zz < z[1])
-    else:
-        keep = shapely.contains_xy(polygon, x, y)
-    return df[keep]
+    df = df[keep(FrameColumns(df))]
+    return _features(df, feature_key, features)
+
+
+def _features(df: pd.DataFrame, feature_key: str | None, features: list | None) -> pd.DataFrame:
+    if features is None or feature_key is None:
+        return df
+    return df[df[feature_key].isin(features)]
 
 
 # --- shapes --------------------------------------------------------------------------------
