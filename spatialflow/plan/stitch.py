@@ -245,11 +245,17 @@ def _pair_task(
     resample: np.ndarray | None,
 ) -> dict[str, Any]:
     m = register_pair(win_a, win_b, expected, max_shift, resample=resample)
-    return {"lag": m.lag, "quality": m.quality, "overlap": m.overlap, "at_limit": m.at_limit}
+    return {
+        "lag": m.lag,
+        "quality": m.quality,
+        "overlap": m.overlap,
+        "at_limit": m.at_limit,
+        "ambiguity": m.ambiguity,
+    }
 
 
 def lower_register(node: RegisterNode) -> list[Any]:
-    """One delayed measurement per pair (dicts: lag, quality, overlap, at_limit)."""
+    """One delayed measurement per pair (dicts: lag, quality, overlap, at_limit, ambiguity)."""
     out = []
     for p in node.pairs:
         wa = _window(node.tiles[p.a], p.level, p.box_a, node.channel)
