@@ -116,6 +116,28 @@ def test_registration_on_a_pyramid_level(_cluster):
         register(ds, "tile_*", level=2)
 
 
+def test_pair_tasks_take_the_tile_chunks_directly():
+    # windows that span several tile chunks are assembled inside the pair task: same result,
+    # and the graph is the tile chunks + one task per pair + one gathering task
+    ds1, _ = tiled_mosaic(2, 3, 128, stage_noise=6.0, seed=3, channels=2)
+    rechunked = {
+        n: sf.Image(
+            el.scale(0).data.rechunk((1, 48, 48)), dims=el.dims, transforms=dict(el.transforms)
+        )
+        for n, el in ds1.images.items()
+    }
+    ds2 = sf.Dataset(images=rechunked)
+    lazy = register(ds2, "tile_*")
+    graph_of_tiles = {k for el in ds2.images.values() for k in el.scale(0).data.dask}
+    assert lazy.n_tasks == len(graph_of_tiles) + len(lazy.node.pairs) + 1
+    one = register(ds1, "tile_*").compute(scheduler="sync")
+    two = lazy.compute(scheduler="sync")
+    for n in one.matrices:
+        np.testing.assert_allclose(one.matrices[n], two.matrices[n], atol=1e-6)
+    assert list(one.pairs.status) == list(two.pairs.status)
+    np.testing.assert_allclose(one.pairs.quality, two.pairs.quality, atol=1e-9)
+
+
 # --- global solve ---------------------------------------------------------------------------
 def _grid_edges(n: int, pos: np.ndarray, noise: float, rng) -> list[Edge]:
     edges = []

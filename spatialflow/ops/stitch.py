@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from dask.delayed import Delayed
 
 from spatialflow.dataset import Dataset
 from spatialflow.elements.raster import Image
@@ -201,26 +202,25 @@ class LazyRegistration:
         self.node = node
         self.quality_threshold = quality_threshold
         self.residual_threshold = residual_threshold
-        self._delayed: list[Any] | None = None
+        self._delayed: Delayed | None = None
 
-    def to_delayed(self) -> list[Any]:
+    def to_delayed(self) -> Delayed:
+        """One Delayed computing the list of pair measurements."""
         if self._delayed is None:
             self._delayed = lower_register(self.node)
         return self._delayed
 
     @property
     def n_tasks(self) -> int:
-        keys: set[Any] = set()
-        for dl in self.to_delayed():
-            keys.update(dl.__dask_graph__().keys())
-        return len(keys)
+        return len(self.to_delayed().__dask_graph__())
 
     def explain(self, print_: bool = True) -> str:
         lines = [
             "== plan ==",
             *self.node.explain_lines(),
             "== execution ==",
-            f"pair tasks: {len(self.node.pairs)} (one per overlapping pair, overlap windows only)",
+            f"pair tasks: {len(self.node.pairs)} (one per overlapping pair, fed only the tile "
+            "chunks its overlap windows meet)",
             f"tasks: {self.n_tasks}",
             f"global solve: {self.node.transform}, sparse least squares on the client",
         ]
@@ -232,7 +232,7 @@ class LazyRegistration:
     def compute(self, **kwargs: Any) -> RegistrationResult:
         import dask
 
-        measured = dask.compute(*self.to_delayed(), **kwargs) if self.node.pairs else ()
+        measured = dask.compute(self.to_delayed(), **kwargs)[0] if self.node.pairs else []
         return solve(self.node, list(measured), self.quality_threshold, self.residual_threshold)
 
     def __repr__(self) -> str:
