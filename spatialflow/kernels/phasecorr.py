@@ -31,7 +31,8 @@ Design decisions:
   map are re-scored on a +-``radius`` neighbourhood with both sides cut to the common region
   *first* and then band-passed alike (:func:`_crop_score`); the best re-scored lag wins. The
   map only proposes; quality (NCC) and ambiguity come from the re-scoring (ambiguity: the
-  larger of the map's and the re-scoring's).
+  larger of the map's and the re-scoring's). Overlaps at least ``wide`` (64) px across in every
+  axis skip the re-scoring: there the edge effect is negligible.
 * Sub-pixel: least squares in the spatial domain (:func:`refine_shift`) on the cut and
   band-passed common region, falling back to a parabola through the re-scored NCC when the
   fit leaves the peak by more than a pixel (weak structure).
@@ -212,6 +213,7 @@ def measure_shift(
     exclusion: int = 3,
     candidates: int = 3,
     radius: int = 2,
+    wide: float = 64.0,
 ) -> PairMeasurement:
     """Register window ``b`` to window ``a`` to an integer lag plus a parabolic sub-pixel
     estimate (see the module doc for the convention and the score)."""
@@ -247,6 +249,15 @@ def measure_shift(
     far = np.max(np.abs(peaks[1:] - peaks[0]), axis=1) > exclusion
     second = float(score[tuple(peaks[1:][far][0])]) if np.any(far) else 0.0
     ambiguity = float(np.clip(second / score[tuple(peaks[0])], 0.0, 1.0))
+    narrow = min(
+        min(na, nb + e) - max(0.0, e) for na, nb, e in zip(a.shape, b.shape, expected, strict=True)
+    )
+    if narrow >= wide:  # the band-pass edge effect is negligible: the map's peak stands
+        top = tuple(int(v) for v in peaks[0])
+        lag = np.array([lags[ax][i] for ax, i in enumerate(top)], dtype=np.float64)
+        at_limit = bool(np.any(np.abs(lag - expected) >= max_shift - 1.0))
+        fine = lag + _parabolic(r, top)
+        return PairMeasurement(fine, float(r[top]), int(count[top]), at_limit, ambiguity)
     # the distinct top peaks of the map, each re-scored around it on cut-then-filtered regions
     chosen: list[np.ndarray] = []
     for pk in peaks:
