@@ -6,6 +6,7 @@ from __future__ import annotations
 import dask
 import dask.array as da
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -389,6 +390,24 @@ def test_bad_inputs_name_the_tile(small_mosaic):
         register(with_(images={"far": far}), [*names, "far"])
     with pytest.raises(ValidationError, match="transform"):
         register(ds, names, transform="elastic")
+    pts = sf.Points(pd.DataFrame({"x": [1.0], "y": [2.0]}))
+    with pytest.raises(ValidationError, match="tile 'spots' is a point element, not an image"):
+        stitch(sf.Dataset(images=imgs, points={"spots": pts}), [*names, "spots"])
+    vol = sf.Image(
+        np.zeros((2, 4, 128, 128), np.uint16),
+        dims=("c", "z", "y", "x"),
+        transforms={"global": Translation([0, 0, 0], axes=("x", "y", "z"))},
+    )
+    with pytest.raises(ValidationError, match="tile 'vol': dims"):
+        fuse(with_(images={"vol": vol}), [*names, "vol"])
+    with pytest.raises(TransformError, match=f"tile '{names[0]}'.*'nowhere'"):
+        fuse(ds, names, coordinate_system="nowhere")
+    with pytest.raises(ValidationError, match=f"channel 'dapi' of tile '{names[0]}'"):
+        register(ds, names, channel="dapi")
+    with pytest.raises(ValidationError, match="at least two tiles"):
+        register(ds, names[:1])
+    with pytest.raises(ValidationError, match="max_shift must be positive"):
+        register(ds, names, max_shift=-3)
     with pytest.raises(ValidationError, match="blending"):
         fuse(ds, names, blending="max")
     with pytest.raises(ValidationError, match="matches no element"):

@@ -338,15 +338,16 @@ def solve(
     )
 
 
-def _channel_index(el: Image, channel: int | str) -> int:
-    names = el.channel_names
+def _channel_index(tile: Tile, channel: int | str) -> int:
+    names = tile.element.channel_names
     if isinstance(channel, int | np.integer) and not isinstance(channel, bool):
         if 0 <= channel < len(names):
             return int(channel)
     elif channel in names:
         return names.index(channel)
     raise ValidationError(
-        f"register: channel {channel!r} is not an index below {len(names)} or one of {names}"
+        f"register: channel {channel!r} of tile {tile.name!r} is not an index below "
+        f"{len(names)} or one of {names}"
     )
 
 
@@ -375,7 +376,7 @@ def register(
     tl = _tiles(ds, tiles, coordinate_system)
     if len(tl) < 2:
         raise ValidationError(f"register: needs at least two tiles, got {[t.name for t in tl]}")
-    ch = _channel_index(tl[0].element, channel)
+    ch = _channel_index(tl[0], channel)
     pairs = plan_pairs(tl, max_shift=max_shift, level=level)
     paired = {t for p in pairs for t in (p.a, p.b)}
     lonely = [t.name for i, t in enumerate(tl) if i not in paired]
