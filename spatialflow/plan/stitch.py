@@ -8,11 +8,14 @@ Design decisions:
   every axis and, in at least one axis, by half the smaller tile's side (which drops the corner
   overlaps of diagonal neighbours in a grid; they are implied by the row/column pairs and too
   small to register well). Candidates come from a k-d tree on the box centres (O(n log n)).
-* One Dask task per pair. It receives only two windows: the predicted overlap grown by
-  ``max_shift`` on every side, clipped to each tile, sliced from the pyramid level chosen so the
-  larger window stays under ``max_pixels`` (4 Mpx) -- so a pair reads only the chunks of that
-  level its window meets. Tiles whose relative placement is not a pure translation have tile b's
-  window resampled into tile a's grid inside the task.
+* One Dask task per pair, plus one gathering the list. A pair's windows are the predicted
+  overlap grown by ``max_shift`` on every side, clipped to each tile, on the pyramid level
+  chosen so the larger window stays under ``max_pixels`` (4 Mpx). The task depends directly on
+  the chunk keys of that level its windows meet and assembles/cuts them itself: no slicing
+  graph per window (building ~4,000 sliced arrays and delayed calls made planning 1,024 tiles
+  take many seconds). Tiles whose relative placement is not a pure translation have tile b's
+  window resampled into tile a's grid inside the task. Tile geometry (shapes per level, pixel
+  size) is computed once per tile.
 * Fusion: one task per output chunk; it receives, for each tile whose placed box meets the
   chunk, only the tile window (scale 0) that the chunk maps back to, plus one pixel of margin.
   The output grid is the union of the placed tiles, ``output_spacing`` per pixel (default the
