@@ -10,7 +10,9 @@ noise) is written once as a SpatialData store; each engine then runs in its own 
 (translation, channel 0), fuses both channels onto the union grid and writes the fused scale 0
 to a local zarr array. The parent samples the resident memory of the whole process tree (every
 50 ms; imports are included for both). Position error = |registered - true| tile origin (px),
-after removing the mean offset (the absolute placement is a gauge choice), over all tiles.
+after removing the mean offset (the absolute placement is a gauge choice), over all tiles, and
+again over the tiles spatialflow registered (``registered_subset_*``: its unregistered tiles keep
+their stage position by design). ``--timeout`` limits each engine run (default 1 h).
 Prints one JSON line per case.
 """
 
@@ -25,7 +27,42 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from aggregate import run_process
+from aggregate import PeakMemory
+
+
+def run_process(code: str, argv: list[str], out: Path, timeout: float | None) -> dict:
+    """Run ``code`` in a fresh interpreter with a time limit; its JSON result plus wall time and
+    the peak resident memory of its whole process tree (aggregate.PeakMemory)."""
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group: a timeout ends the whole tree
+    )
+    with PeakMemory(proc.pid) as mem:
+        t0 = time.perf_counter()
+        try:
+            _, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            return {
+                "error": f"timed out after {timeout:.0f} s",
+                "wall_seconds": time.perf_counter() - t0,
+                "peak_rss_gb": mem.peak / 1e9,
+            }
+        wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        return {"error": stderr[-2000:], "wall_seconds": wall, "peak_rss_gb": mem.peak / 1e9}
+    res = json.loads(out.read_text())
+    res["wall_seconds"] = wall
+    res["peak_rss_gb"] = mem.peak / 1e9
+    return res
+
 
 RUNNER = r"""
 import json, sys, time, warnings
@@ -40,8 +77,10 @@ if engine == "spatialflow":
     res = sf.stitch(ds, "tile_*").compute()
     t_reg = time.perf_counter() - t0
     pos = {n: res.registration.matrices[n][:2, 2].tolist() for n in names}
+    kept = list(res.registration.unregistered)
     res.image.scale(0).data.to_zarr(fused_path, overwrite=True)
 else:
+    kept = []
     import dask.array as da
     from multiview_stitcher import fusion, msi_utils, registration
     from multiview_stitcher import spatial_image_utils as si_utils
@@ -69,11 +108,16 @@ else:
     fused = fusion.fuse(sims, transform_key="registered")
     fused.data.to_zarr(fused_path, overwrite=True)
 seconds = time.perf_counter() - t0
-json.dump({"seconds": seconds, "register_seconds": t_reg, "positions": pos}, open(out, "w"))
+json.dump(
+    {"seconds": seconds, "register_seconds": t_reg, "positions": pos, "unregistered": kept},
+    open(out, "w"),
+)
 """
 
 
-def run_case(name: str, rows: int, tile: int, noise: float, workdir: Path) -> dict:
+def run_case(
+    name: str, rows: int, tile: int, noise: float, workdir: Path, timeout: float | None
+) -> dict:
     import numpy as np
 
     import spatialflow as sf
@@ -107,23 +151,25 @@ def run_case(name: str, rows: int, tile: int, noise: float, workdir: Path) -> di
         "cores": os.cpu_count(),
         "setup_seconds": round(time.perf_counter() - t0, 1),
     }
-    errs = {}
+    positions: dict[str, tuple] = {}
+    kept: set[str] = set()
     for engine in ("spatialflow", "multiview-stitcher"):
         out = case / f"{engine}.json"
         res = run_process(
-            RUNNER, [engine, str(store), str(out), str(case / f"{engine}-fused.zarr")], out
+            RUNNER, [engine, str(store), str(out), str(case / f"{engine}-fused.zarr")], out, timeout
         )
         if "error" in res:
             result[engine] = {
                 "error": res["error"][-600:],
                 "wall_seconds": round(res["wall_seconds"], 1),
+                "peak_rss_gb": round(res["peak_rss_gb"], 2),
             }
             continue
         names = sorted(truth.positions)
         est = np.array([res["positions"][n] for n in names])
         true = np.array([truth.positions[n] for n in names])
         err = np.abs(est - true - (est - true).mean(axis=0))
-        errs[engine] = err
+        positions[engine] = (est, true)
         result[engine] = {
             "seconds": round(res["seconds"], 1),
             "register_seconds": round(res["register_seconds"], 1),
@@ -132,6 +178,17 @@ def run_case(name: str, rows: int, tile: int, noise: float, workdir: Path) -> di
             "mean_abs_error_px": round(float(err.mean()), 3),
             "max_abs_error_px": round(float(err.max()), 3),
         }
+        if engine == "spatialflow":
+            kept = set(res["unregistered"])
+            result[engine]["unregistered_tiles"] = len(kept)
+    # the same errors over the tiles spatialflow registered (its unregistered ones keep their
+    # stage position, a few px off by design), for both engines alike
+    subset = np.array([n not in kept for n in sorted(truth.positions)])
+    for engine, (est, true) in positions.items():
+        d = est[subset] - true[subset]
+        e = np.abs(d - d.mean(axis=0))
+        result[engine]["registered_subset_mean_px"] = round(float(e.mean()), 3)
+        result[engine]["registered_subset_max_px"] = round(float(e.max()), 3)
     a, b = result.get("spatialflow", {}), result.get("multiview-stitcher", {})
     if "seconds" in a and "seconds" in b:
         result["time_ratio"] = round(a["seconds"] / b["seconds"], 3)
@@ -147,13 +204,17 @@ def main() -> None:
     ap.add_argument("--small-rows", type=int, default=32)
     ap.add_argument("--small-tile", type=int, default=96)
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per engine run")
     args = ap.parse_args()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="sf-bench-stitch-"))
     rows, tile = (8, 2048) if args.scale else (args.rows, args.tile)
     if rows:  # --rows 0: only the small-tiles case
-        print(json.dumps(run_case("large-tiles", rows, tile, 15.0, workdir)), flush=True)
+        large = run_case("large-tiles", rows, tile, 15.0, workdir, args.timeout)
+        print(json.dumps(large), flush=True)
     if args.small_rows:
-        small = run_case("small-tiles", args.small_rows, args.small_tile, 4.0, workdir)
+        small = run_case(
+            "small-tiles", args.small_rows, args.small_tile, 4.0, workdir, args.timeout
+        )
         print(json.dumps(small), flush=True)
 
 

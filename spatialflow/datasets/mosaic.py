@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import dask.array as da
 import numpy as np
+from dask.base import tokenize
 
 from spatialflow.dataset import Dataset
 from spatialflow.elements.raster import Image
@@ -177,10 +178,21 @@ class MosaicTruth:
         return _to_uint16(img)
 
 
-def _tile_block(truth: MosaicTruth, name: str, block_info: dict | None = None) -> np.ndarray:
-    info = block_info[None]  # type: ignore[index]
-    (_, _), (y0, y1), (x0, x1) = info["array-location"]
-    return truth.tile(name, start=(y0, x0), shape=(y1 - y0, x1 - x0))
+class _TileSource:
+    """One tile's generator as a Dask task argument: an opaque object with a cheap token (the
+    truth itself holds every tile's position; letting Dask traverse and hash it for every tile
+    made building a 32x32 mosaic quadratic)."""
+
+    def __init__(self, truth: MosaicTruth, name: str, token: str) -> None:
+        self.truth, self.name, self.token = truth, name, token
+
+    def __dask_tokenize__(self) -> str:
+        return self.token
+
+    def __call__(self, block_info: dict | None = None) -> np.ndarray:
+        info = block_info[None]  # type: ignore[index]
+        (_, _), (y0, y1), (x0, x1) = info["array-location"]
+        return self.truth.tile(self.name, start=(y0, x0), shape=(y1 - y0, x1 - x0))
 
 
 def _to_uint16(img: np.ndarray) -> np.ndarray:
@@ -266,12 +278,15 @@ def tiled_mosaic(
         if chunks is None
         else ((chunks, chunks) if isinstance(chunks, int) else tuple(chunks))
     )
+    # the token of everything a tile depends on, hashed once
+    base = tokenize(shape, n_rows, n_cols, overlap, stage_noise, channels, seed, empty_tiles)
+    base = tokenize(base, noise, subpixel, ch)
     images = {}
     for name in sorted(positions):
+        token = f"{base}-{name}"
         arr = da.map_blocks(
-            _tile_block,
-            truth,
-            name,
+            _TileSource(truth, name, token),
+            name=f"tiled-mosaic-{token}",
             dtype=np.uint16,
             chunks=da.core.normalize_chunks((channels, *ch), (channels, *shape)),
             meta=np.empty((0, 0, 0), dtype=np.uint16),

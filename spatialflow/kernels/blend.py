@@ -134,8 +134,19 @@ def _add_resampled(
 ) -> None:
     from scipy.ndimage import map_coordinates
 
+    # only the part of the block the tile's placed box covers (a block meets many tiles; a
+    # full-block grid per tile made fusing 1,000 small tiles quadratic)
+    fwd = np.linalg.inv(src.back)
+    corners = np.array(list(itertools.product(*[(0.0, float(n)) for n in src.tile_shape])))
+    placed = corners @ fwd[:d, :d].T + fwd[:d, d] - lo
+    b_lo = np.clip(np.floor(placed.min(axis=0)).astype(int) - 1, 0, shape)
+    b_hi = np.clip(np.ceil(placed.max(axis=0)).astype(int) + 1, 0, shape)
+    if np.any(b_hi <= b_lo):
+        return
+    sub = tuple(slice(int(i), int(j)) for i, j in zip(b_lo, b_hi, strict=True))
+    sub_shape = tuple(int(j - i) for i, j in zip(b_lo, b_hi, strict=True))
     grids = np.meshgrid(
-        *[np.arange(n, dtype=np.float64) + lo[k] + 0.5 for k, n in enumerate(shape)],
+        *[np.arange(n, dtype=np.float64) + lo[k] + b_lo[k] + 0.5 for k, n in enumerate(sub_shape)],
         indexing="ij",
     )
     pts = np.stack([g.ravel() for g in grids])  # output pixel centres (d, n)
@@ -149,8 +160,11 @@ def _add_resampled(
     win = src.window
     lead = win.shape[: win.ndim - d]
     flat_out = np.nonzero(inside)[0]
-    wflat = wsum.reshape(-1)
-    wflat[flat_out] += w
+    w_sub = np.zeros(sub_shape)
+    w_sub.reshape(-1)[flat_out] = w
+    wsum[sub] += w_sub
     for c in itertools.product(*[range(n) for n in lead]):
         vals = map_coordinates(np.asarray(win[c], dtype=np.float64), idx, order=1, mode="nearest")
-        acc[c].reshape(-1)[flat_out] += vals * w
+        v_sub = np.zeros(sub_shape)
+        v_sub.reshape(-1)[flat_out] = vals * w
+        acc[c][sub] += v_sub

@@ -1,5 +1,6 @@
-"""Pairwise registration of two overlapping windows: phase correlation, sub-pixel refinement and
-a normalized cross-correlation (NCC) quality score. Pure numpy (numpy.fft), n-dimensional.
+"""Pairwise registration of two overlapping windows: an FFT normalized cross-correlation (NCC)
+search over the stage-predicted lags, a peak-distinctiveness test and sub-pixel refinement.
+Pure numpy/scipy, n-dimensional.
 
 Design decisions:
 
@@ -7,21 +8,39 @@ Design decisions:
   ``q + lag`` of window ``a``. Callers give the stage-predicted lag and a search radius
   (``max_shift``); only lags within it are considered, so an empty window can never be "found"
   far away.
-* Both windows are mean-subtracted, tapered (Tukey) and zero-padded to at least the sum of their
-  sizes, so the correlation is linear (no wrap-around ambiguity) and windows of different sizes
-  (overlap plus a margin, clipped to each tile) are fine.
-* The cross-power spectrum is partially whitened (divided by ``|F|**alpha``, alpha 0.5): full
-  whitening (classic phase correlation) amplifies the noise-only high frequencies and degrades
-  sub-pixel accuracy; no whitening gives broad peaks. Several peaks are taken (non-maximum
-  suppression) and the one whose overlap has the highest NCC wins (BigStitcher-style peak
-  verification), then the peak is refined by evaluating the inverse DFT on an upsampled grid
-  around it (Guizar-Sicairos' matrix-multiply DFT), giving ``1/upsample`` pixel resolution.
-* Quality is the Pearson correlation (NCC) of the two windows' common region at the chosen
-  integer lag; callers reject pairs below a threshold.
+* Both windows are band-passed (difference of Gaussians) first: smooth background correlates at
+  every lag.
+* The lag is chosen on the exact NCC of the two windows' common region at *every* searched
+  integer lag, computed with FFTs: one cross-correlation (real FFTs, zero-padded to the sum of
+  the sizes, so linear) for the cross term, summed-area tables for the per-lag sums and sums of
+  squares of each side. Classic phase correlation (and plain cross-correlation) of overlap
+  strips is biased toward lags with a larger common region: on narrow strips (small tiles) its
+  highest peaks were often not the true lag at all, and verifying only its top few peaks by
+  NCC could not recover it.
+* The score of a lag weighs its correlation by the evidence: ``atanh(ncc) * sqrt(n)`` (n common
+  pixels; the Fisher z-statistic up to a constant), so a high NCC on a sliver of overlap does not
+  beat a slightly lower one on the full overlap. Lags whose common region is below
+  ``min_overlap_fraction`` of the stage-predicted one are not considered.
+* Distinctiveness: ``ambiguity`` is the score of the best other local maximum (more than
+  ``exclusion`` px away) over the best score. A real match in structured tissue gives a sharp
+  peak (ambiguity well below 0.5); noise, empty or repetitive overlaps give several similar
+  peaks (ambiguity near 1). Callers reject ambiguous pairs as well as low-quality ones.
+* Narrow overlaps (small tiles): a band-pass applied to whole windows differs between the two
+  sides near the tile edges (one side's filter sees content the other lacks), which moved the
+  map's peak by 1-2 px even on noise-free data. So the top ``candidates`` distinct peaks of the
+  map are re-scored on a +-``radius`` neighbourhood with both sides cut to the common region
+  *first* and then band-passed alike (:func:`_crop_score`); the best re-scored lag wins. The
+  map only proposes; quality (NCC) and ambiguity come from the re-scoring (ambiguity: the
+  larger of the map's and the re-scoring's). Overlaps at least ``wide`` (64) px across in every
+  axis skip the re-scoring: there the edge effect is negligible.
+* Sub-pixel: least squares in the spatial domain (:func:`refine_shift`) on the cut and
+  band-passed common region, falling back to a parabola through the re-scored NCC when the
+  fit leaves the peak by more than a pixel (weak structure).
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,10 +51,10 @@ __all__ = [
     "highpass",
     "measure_shift",
     "ncc",
+    "ncc_map",
     "refine_shift",
     "register_pair",
     "register_windows",
-    "tukey",
 ]
 
 
@@ -47,18 +66,7 @@ class PairMeasurement:
     quality: float  # NCC of the common region at the integer lag, in [-1, 1]
     overlap: int  # pixels in the common region at that lag
     at_limit: bool  # the peak lies on the border of the search region
-
-
-def tukey(n: int, frac: float = 0.2) -> np.ndarray:
-    """A Tukey (tapered cosine) window of length ``n``: flat, cosine edges of ``frac * n / 2``."""
-    if n < 3 or frac <= 0:
-        return np.ones(n)
-    w = np.ones(n)
-    edge = max(1, int(frac * n / 2))
-    ramp = 0.5 * (1 - np.cos(np.pi * (np.arange(edge) + 0.5) / edge))
-    w[:edge] = ramp
-    w[n - edge :] = ramp[::-1]
-    return w
+    ambiguity: float = 1.0  # best other peak's score / the best score (see the module doc)
 
 
 def highpass(x: np.ndarray, fine: float = 1.0, coarse: float = 8.0) -> np.ndarray:
@@ -69,18 +77,6 @@ def highpass(x: np.ndarray, fine: float = 1.0, coarse: float = 8.0) -> np.ndarra
 
     x = np.asarray(x, dtype=np.float64)
     return gaussian_filter(x, fine, mode="reflect") - gaussian_filter(x, coarse, mode="reflect")
-
-
-def _prepare(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    x = x - x.mean()
-    for ax, n in enumerate(x.shape):
-        sh = [1] * x.ndim
-        sh[ax] = n
-        x = x * tukey(n).reshape(sh)
-    out = np.zeros(shape)
-    out[tuple(slice(0, n) for n in x.shape)] = x
-    return out
 
 
 def ncc(a: np.ndarray, b: np.ndarray, lag: np.ndarray) -> tuple[float, int]:
@@ -104,32 +100,107 @@ def ncc(a: np.ndarray, b: np.ndarray, lag: np.ndarray) -> tuple[float, int]:
     return float(np.dot(x, y) / den), int(x.size)
 
 
-def _peaks(region: np.ndarray, n: int, radius: int = 2) -> list[tuple[int, ...]]:
-    """Up to ``n`` highest local maxima of ``region`` at least ``radius`` apart (greedy)."""
-    order = np.argsort(region, axis=None)[::-1]
-    found: list[np.ndarray] = []
-    for flat in order[: max(64, 16 * n)]:
-        idx = np.array(np.unravel_index(flat, region.shape))
-        if all(np.max(np.abs(idx - f)) > radius for f in found):
-            found.append(idx)
-            if len(found) == n:
-                break
-    return [tuple(int(v) for v in f) for f in found]
+def _box_sums(x: np.ndarray, lags: list[np.ndarray], other: tuple[int, ...]) -> np.ndarray:
+    """For every lag of the grid ``lags`` (one 1D array per axis): the sum of ``x`` over its part
+    of the common region with a window of shape ``other`` placed at that lag, by a summed-area
+    table (inclusion-exclusion over the box corners)."""
+    d = x.ndim
+    table = np.zeros(tuple(n + 1 for n in x.shape))
+    table[(slice(1, None),) * d] = x
+    for ax in range(d):
+        np.cumsum(table, axis=ax, out=table)
+    lo = [np.clip(lg, 0, n) for lg, n in zip(lags, x.shape, strict=True)]
+    hi = [np.clip(m + lg, 0, n) for lg, m, n in zip(lags, other, x.shape, strict=True)]
+    out = np.zeros(tuple(len(lg) for lg in lags))
+    for corner in itertools.product((0, 1), repeat=d):
+        idx = np.ix_(*[(hi if c else lo)[ax] for ax, c in enumerate(corner)])
+        out += (-1.0) ** (d - sum(corner)) * table[idx]
+    return out
 
 
-def _upsampled_peak(spec: np.ndarray, lag: np.ndarray, upsample: int) -> np.ndarray:
-    """Refine an integer ``lag`` by evaluating the inverse DFT of ``spec`` on a grid of
-    1/``upsample`` pixel spacing spanning +-0.75 pixel around it."""
-    m = int(np.ceil(upsample * 1.5)) | 1
-    offs = (np.arange(m) - m // 2) / upsample
-    out = spec
-    for ax, n in enumerate(spec.shape):
-        freqs = sfft.fftfreq(n)
-        ker = np.exp(2j * np.pi * np.outer(lag[ax] + offs, freqs))  # (m, n)
-        out = np.moveaxis(np.tensordot(ker, np.moveaxis(out, ax, 0), axes=(1, 0)), 0, ax)
-    mag = np.abs(out)
-    best = np.array(np.unravel_index(int(np.argmax(mag)), mag.shape))
-    return lag + offs[best]
+def ncc_map(a: np.ndarray, b: np.ndarray, lags: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The NCC of ``a[p]`` and ``b[p - lag]`` over their common region, and that region's pixel
+    count, for every lag of the grid ``lags`` (one 1D integer array per axis). NCC is 0 where a
+    side is constant or the region is empty."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    shape = tuple(sfft.next_fast_len(int(na + nb)) for na, nb in zip(a.shape, b.shape, strict=True))
+    cross = sfft.irfftn(sfft.rfftn(a, shape) * np.conj(sfft.rfftn(b, shape)), shape)
+    s_ab = cross[np.ix_(*[lg % n for lg, n in zip(lags, shape, strict=True)])]
+    count = np.ones(())
+    for lg, na, nb in zip(lags, a.shape, b.shape, strict=True):
+        c = np.clip(np.minimum(na, nb + lg) - np.maximum(0, lg), 0, None).astype(np.float64)
+        count = np.multiply.outer(count, c)
+    neg = [-lg for lg in lags]
+    s_a, s_aa = _box_sums(a, lags, b.shape), _box_sums(a * a, lags, b.shape)
+    s_b, s_bb = _box_sums(b, neg, a.shape), _box_sums(b * b, neg, a.shape)
+    n = np.maximum(count, 1.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cov = s_ab - s_a * s_b / n
+        var = (s_aa - s_a * s_a / n) * (s_bb - s_b * s_b / n)
+        r = cov / np.sqrt(var)
+    tiny = 1e-12 * max(float(np.max(np.abs(var))) if var.size else 0.0, 1e-300)
+    r[~np.isfinite(r) | (count < 2) | (var <= tiny)] = 0.0
+    return np.clip(r, -1.0, 1.0), count
+
+
+def _local_maxima(score: np.ndarray) -> np.ndarray:
+    """Indices (k, d) of the local maxima (3^d neighbourhood) of ``score``, best first;
+    -inf marks lags that are not candidates."""
+    from scipy.ndimage import maximum_filter
+
+    top = maximum_filter(score, size=3, mode="constant", cval=-np.inf)
+    idx = np.argwhere(np.isfinite(score) & (score >= top))
+    return idx[np.argsort(score[tuple(idx.T)])[::-1]]
+
+
+def _parabolic(r: np.ndarray, idx: tuple[int, ...]) -> np.ndarray:
+    """Sub-pixel offset of the peak at ``idx`` of ``r`` by a parabola per axis."""
+    off = np.zeros(len(idx))
+    for ax, i in enumerate(idx):
+        if 0 < i < r.shape[ax] - 1:
+            lo = list(idx)
+            hi = list(idx)
+            lo[ax], hi[ax] = i - 1, i + 1
+            y0, y1, y2 = r[tuple(lo)], r[idx], r[tuple(hi)]
+            den = y0 - 2 * y1 + y2
+            if den < 0:
+                off[ax] = float(np.clip(0.5 * (y0 - y2) / den, -0.5, 0.5))
+    return off
+
+
+def _common_slices(
+    shape_a: tuple[int, ...],
+    shape_b: tuple[int, ...],
+    lag: np.ndarray,
+    max_pixels: float = np.inf,
+) -> tuple[tuple[slice, ...], tuple[slice, ...]] | None:
+    """The common region of ``a[p]`` and ``b[p - lag]`` (integer lag) in each window, cut to
+    its central part along the longest sides while it exceeds ``max_pixels``."""
+    lo = [max(0, int(k)) for k in lag]
+    hi = [min(n_a, n_b + int(k)) for n_a, n_b, k in zip(shape_a, shape_b, lag, strict=True)]
+    if any(h - lo_ < 3 for lo_, h in zip(lo, hi, strict=True)):
+        return None
+    while np.prod(np.subtract(hi, lo)) > max_pixels:
+        ax = int(np.argmax(np.subtract(hi, lo)))
+        n = hi[ax] - lo[ax]
+        lo[ax], hi[ax] = lo[ax] + n // 4, hi[ax] - n // 4
+    sa = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    sb = tuple(slice(a - int(k), b - int(k)) for a, b, k in zip(lo, hi, lag, strict=True))
+    return sa, sb
+
+
+def _crop_score(
+    a: np.ndarray, b: np.ndarray, lag: np.ndarray, max_pixels: int = 1 << 16
+) -> tuple[float, int]:
+    """NCC of the band-passed common region at integer ``lag``, each side cut to that region
+    *before* filtering, so both are filtered with the same boundaries (band-passing whole
+    windows first biases narrow overlaps: near a tile edge one side's filter sees content the
+    other side lacks). Large regions are scored on their central ``max_pixels``."""
+    cut = _common_slices(a.shape, b.shape, lag, max_pixels=max_pixels)
+    if cut is None:
+        return 0.0, 0
+    return ncc(highpass(a[cut[0]]), highpass(b[cut[1]]), np.zeros(a.ndim))
 
 
 def measure_shift(
@@ -138,50 +209,93 @@ def measure_shift(
     expected: np.ndarray,
     max_shift: np.ndarray,
     *,
-    upsample: int = 20,
-    n_peaks: int = 3,
-    alpha: float = 0.5,
     min_overlap_fraction: float = 0.25,
+    exclusion: int = 3,
+    candidates: int = 3,
+    radius: int = 2,
+    wide: float = 64.0,
 ) -> PairMeasurement:
-    """Register window ``b`` to window ``a`` (see the module doc for the convention)."""
-    a = highpass(a)
-    b = highpass(b)
+    """Register window ``b`` to window ``a`` to an integer lag plus a parabolic sub-pixel
+    estimate (see the module doc for the convention and the score)."""
+    raw_a = np.asarray(a, dtype=np.float64)
+    raw_b = np.asarray(b, dtype=np.float64)
+    a, b = highpass(raw_a), highpass(raw_b)
     d = a.ndim
     expected = np.asarray(expected, dtype=np.float64).reshape(d)
     max_shift = np.broadcast_to(np.asarray(max_shift, dtype=np.float64), (d,))
-    shape = tuple(sfft.next_fast_len(int(na + nb)) for na, nb in zip(a.shape, b.shape, strict=True))
-    fa = sfft.fftn(_prepare(a, shape))
-    fb = sfft.fftn(_prepare(b, shape))
-    cross = fa * np.conj(fb)
-    mag = np.abs(cross)
-    scale = mag.max() * 1e-12 + 1e-300
-    cross = cross / np.power(mag + scale, alpha)
-    corr = sfft.ifftn(cross).real
-    # the lags searched: expected +- max_shift, limited to lags with any common region
-    ranges = []
+    none = PairMeasurement(expected.copy(), 0.0, 0, True)
+    lags = []
     for ax in range(d):
         lo = int(np.floor(expected[ax] - max_shift[ax]))
         hi = int(np.ceil(expected[ax] + max_shift[ax]))
         lo, hi = max(lo, -b.shape[ax] + 1), min(hi, a.shape[ax] - 1)
         if hi < lo:
-            return PairMeasurement(expected.copy(), 0.0, 0, True)
-        ranges.append(np.arange(lo, hi + 1))
-    region = corr[np.ix_(*[r % n for r, n in zip(ranges, shape, strict=True)])]
-    need = min_overlap_fraction * min(a.size, b.size)
-    best: tuple[float, int, np.ndarray] | None = None
-    for idx in _peaks(region, n_peaks):
-        lag = np.array([ranges[ax][i] for ax, i in enumerate(idx)], dtype=np.float64)
-        q, n = ncc(a, b, lag)
-        if n < need:
-            continue
-        if best is None or q > best[0]:
-            best = (q, n, lag)
-    if best is None:
-        return PairMeasurement(expected.copy(), 0.0, 0, True)
-    q, n, lag = best
-    fine = _upsampled_peak(cross, lag, upsample)
+            return none
+        lags.append(np.arange(lo, hi + 1))
+    r, count = ncc_map(a, b, lags)
+    predicted = np.prod(
+        [
+            np.clip(min(na, nb + e) - max(0.0, e), 0, None)
+            for na, nb, e in zip(a.shape, b.shape, expected, strict=True)
+        ]
+    )
+    need = max(min_overlap_fraction * predicted, 2.0**d)
+    with np.errstate(invalid="ignore"):
+        score = np.arctanh(np.clip(r, -0.999, 0.999)) * np.sqrt(count)
+    score[count < need] = -np.inf
+    peaks = _local_maxima(score)
+    if len(peaks) == 0 or score[tuple(peaks[0])] <= 0:
+        return none
+    far = np.max(np.abs(peaks[1:] - peaks[0]), axis=1) > exclusion
+    second = float(score[tuple(peaks[1:][far][0])]) if np.any(far) else 0.0
+    ambiguity = float(np.clip(second / score[tuple(peaks[0])], 0.0, 1.0))
+    narrow = min(
+        min(na, nb + e) - max(0.0, e) for na, nb, e in zip(a.shape, b.shape, expected, strict=True)
+    )
+    if narrow >= wide:  # the band-pass edge effect is negligible: the map's peak stands
+        top = tuple(int(v) for v in peaks[0])
+        lag = np.array([lags[ax][i] for ax, i in enumerate(top)], dtype=np.float64)
+        at_limit = bool(np.any(np.abs(lag - expected) >= max_shift - 1.0))
+        fine = lag + _parabolic(r, top)
+        return PairMeasurement(fine, float(r[top]), int(count[top]), at_limit, ambiguity)
+    # the distinct top peaks of the map, each re-scored around it on cut-then-filtered regions
+    chosen: list[np.ndarray] = []
+    for pk in peaks:
+        if all(np.max(np.abs(pk - c)) > exclusion for c in chosen):
+            chosen.append(pk)
+            if len(chosen) == candidates:
+                break
+    lo_lag = np.array([lg[0] for lg in lags])
+    hi_lag = np.array([lg[-1] for lg in lags])
+    offsets = np.array(list(itertools.product(range(-radius, radius + 1), repeat=d)))
+    scored: dict[tuple[int, ...], tuple[float, float, int]] = {}
+    for c in chosen:
+        centre = lo_lag + c
+        for off in offsets:
+            lag = centre + off
+            key = tuple(int(v) for v in lag)
+            if key in scored or np.any(lag < lo_lag) or np.any(lag > hi_lag):
+                continue
+            q, n = _crop_score(raw_a, raw_b, lag)
+            z = float(np.arctanh(np.clip(q, -0.999, 0.999)) * np.sqrt(n)) if n >= need else -np.inf
+            scored[key] = (z, q, n)
+    best = max(scored, key=lambda k: scored[k][0])
+    z_best, q, n = scored[best]
+    if not z_best > 0:
+        return none
+    lag = np.array(best, dtype=np.float64)
+    others = [v[0] for k, v in scored.items() if np.max(np.abs(np.subtract(k, best))) > exclusion]
+    if others:
+        ambiguity = max(ambiguity, float(np.clip(max(others) / z_best, 0.0, 1.0)))
+    # a parabola through the re-scored neighbours of the best lag
+    grid = np.full((3,) * d, -1.0)
+    for off in itertools.product((-1, 0, 1), repeat=d):
+        v = scored.get(tuple(int(x + o) for x, o in zip(best, off, strict=True)))
+        if v is not None:
+            grid[tuple(o + 1 for o in off)] = v[1]
+    fine = lag + _parabolic(grid, (1,) * d)
     at_limit = bool(np.any(np.abs(lag - expected) >= max_shift - 1.0))
-    return PairMeasurement(fine, q, n, at_limit)
+    return PairMeasurement(fine, float(q), int(n), at_limit, ambiguity)
 
 
 def refine_shift(
@@ -193,6 +307,7 @@ def refine_shift(
     tol: float = 1e-3,
     max_pixels: int = 1 << 20,
     smooth: float = 1.0,
+    margin: int = 2,
 ) -> np.ndarray | None:
     """Sub-pixel refinement of ``lag0`` by least squares in the spatial domain (Lucas-Kanade):
     ``a[p] ~ gain * b(p - lag) + offset`` with ``b`` interpolated by cubic splines, Gauss-Newton
@@ -201,13 +316,16 @@ def refine_shift(
     from scipy import ndimage
     from scipy.ndimage import gaussian_filter
 
-    a = gaussian_filter(np.asarray(a, dtype=np.float64), smooth)
-    b = gaussian_filter(np.asarray(b, dtype=np.float64), smooth)
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if smooth > 0:
+        a, b = gaussian_filter(a, smooth), gaussian_filter(b, smooth)
     d = a.ndim
     base = np.round(lag0).astype(int)
     sl = []
     for n_a, n_b, k in zip(a.shape, b.shape, base, strict=True):
-        lo, hi = max(0, k + 3), min(n_a, n_b + k - 3)
+        m = margin  # away from both windows' edges (smoothing, spline support)
+        lo, hi = max(m, k + m), min(n_a - m, n_b + k - m)
         if hi - lo < 4:
             return None
         sl.append(slice(lo, hi))
@@ -243,34 +361,34 @@ def refine_shift(
     return lag
 
 
-def _common(a: np.ndarray, b: np.ndarray, lag: np.ndarray) -> tuple[tuple[slice, ...], ...]:
-    sa, sb = [], []
-    for n_a, n_b, k in zip(a.shape, b.shape, lag, strict=True):
-        lo, hi = max(0, int(k)), min(n_a, n_b + int(k))
-        sa.append(slice(lo, max(lo, hi)))
-        sb.append(slice(lo - int(k), max(lo, hi) - int(k)))
-    return tuple(sa), tuple(sb)
-
-
 def register_windows(
     a: np.ndarray,
     b: np.ndarray,
     expected: np.ndarray,
     max_shift: np.ndarray,
-    *,
-    alpha: float = 0.5,
 ) -> PairMeasurement:
-    """Register window ``b`` to window ``a``: phase correlation over ``expected +- max_shift``
-    (peaks verified by NCC), then :func:`refine_shift` on the common region. The spatial
-    refinement matters for narrow overlap strips: there the Fourier peak of tapered, offset
-    windows is biased by up to half a pixel, while the least-squares fit is not."""
-    first = measure_shift(a, b, expected, max_shift, upsample=4, alpha=alpha)
+    """Register window ``b`` to window ``a``: :func:`measure_shift` over ``expected +-
+    max_shift``, then :func:`refine_shift` on the common region at that integer lag, both
+    sides cut first and band-passed alike (on raw windows the smooth background dominates the
+    fit and noise moved weakly structured pairs by 1-2 px). A refinement that leaves the
+    correlation peak by more than a pixel is not trusted (the parabolic estimate stays)."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    first = measure_shift(a, b, expected, max_shift)
     if first.overlap == 0:
         return first
-    fine = refine_shift(a, b, first.lag)
-    if fine is None:
+    base = np.round(first.lag)
+    cut = _common_slices(a.shape, b.shape, base)
+    if cut is None:
         return first
-    return PairMeasurement(fine, first.quality, first.overlap, first.at_limit)
+    fine = refine_shift(
+        highpass(a[cut[0]]), highpass(b[cut[1]]), np.zeros(a.ndim), smooth=0.0, margin=1
+    )
+    if fine is None or np.max(np.abs(base + fine - first.lag)) > 1.0:
+        return first
+    return PairMeasurement(
+        base + fine, first.quality, first.overlap, first.at_limit, first.ambiguity
+    )
 
 
 def register_pair(

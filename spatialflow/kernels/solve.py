@@ -19,6 +19,12 @@ Design decisions:
 * Outlier edges: after each solve, the edge with the largest residual (RMS bead distance, in
   pixels) is removed while that residual exceeds ``threshold`` and removing it keeps its
   connected component connected (a bridge is kept and flagged); then the system is solved again.
+* Unconfirmed links: a bridge of the final graph (the only path between two parts) has no
+  residual to betray it -- a tile hanging on one wrong edge would sit exactly where the wrong
+  edge puts it. So a bridge whose weight is below ``min_bridge_weight`` is dropped as well; its
+  sides keep their own placement (a lone tile: its stage position).
+* Guard: a tile whose correction at its centre exceeds ``max_correction`` (world units; callers
+  pass the search radius) has all its edges dropped and keeps its stage position.
 """
 
 from __future__ import annotations
@@ -50,6 +56,8 @@ class Solution:
     removed_order: list[int]  # edges removed as outliers, in order
     residuals: np.ndarray  # per edge, pixels (after the final solve; NaN for unsolved)
     connected: np.ndarray  # bool per tile: has at least one used edge
+    weak_bridges: list[int]  # edges dropped as unconfirmed low-weight bridges
+    guarded: list[int]  # tiles reset by the max_correction guard
 
 
 def n_params(d: int, transform: str) -> int:
@@ -156,6 +164,20 @@ def _n_components(n: int, edges: list[Edge], active: np.ndarray) -> np.ndarray:
     return connected_components(g, directed=False)[1]
 
 
+def _bridges(n: int, edges: list[Edge], active: np.ndarray, which: np.ndarray) -> list[int]:
+    """The edges among ``which`` whose removal splits their component of the active graph."""
+    out = []
+    before = _n_components(n, edges, active)
+    for k in which:
+        trial = active.copy()
+        trial[k] = False
+        after = _n_components(n, edges, trial)
+        e = edges[k]
+        if after[e.a] != after[e.b] and before[e.a] == before[e.b]:
+            out.append(int(k))
+    return out
+
+
 def solve_positions(
     n_tiles: int,
     centres: np.ndarray,
@@ -165,6 +187,8 @@ def solve_positions(
     threshold: float = 1.5,
     prior: float = 1e-6,
     max_removals: int | None = None,
+    min_bridge_weight: float = 0.0,
+    max_correction: float | None = None,
 ) -> Solution:
     """Solve the corrections of ``n_tiles`` tiles from ``edges`` (see the module doc)."""
     centres = np.asarray(centres, dtype=np.float64).reshape(n_tiles, -1)
@@ -175,30 +199,48 @@ def solve_positions(
     removed: list[int] = []
     limit = len(edges) if max_removals is None else max_removals
     a_full, rhs_full, owner = _rows(edges, centres, transform, d)
+    weights = np.array([e.weight for e in edges])
     # scale the ridge with the data so it stays a gauge fix, not a pull on good edges
-    ridge = prior * max(1.0, float(np.mean([e.weight for e in edges])) if edges else 1.0)
-    while True:
+    ridge = prior * max(1.0, float(np.mean(weights)) if edges else 1.0)
+
+    def run() -> tuple[np.ndarray, np.ndarray]:
         keep_rows = active[owner] if len(owner) else np.zeros(0, dtype=bool)
         x = _solve(a_full[keep_rows], rhs_full[keep_rows], ridge, n_tiles * p)
         mats = _matrices(x, centres, transform, d)
-        res = _edge_residuals(edges, mats)
-        if len(removed) >= limit:
+        return mats, _edge_residuals(edges, mats)
+
+    weak: list[int] = []
+    guarded: list[int] = []
+    while True:
+        mats, res = run()
+        if len(removed) < limit:
+            cand = np.nonzero(active & ~protected & (res > threshold))[0]
+            if cand.size:
+                worst = int(cand[np.argmax(res[cand])])
+                if _bridges(n_tiles, edges, active, np.array([worst])):
+                    protected[worst] = True  # a bridge: removing it would split the graph
+                else:
+                    active[worst] = False
+                    removed.append(worst)
+                continue
+        # unconfirmed weak links (removing a bridge leaves the other bridges bridges)
+        low = np.nonzero(active & (weights < min_bridge_weight))[0]
+        drop = _bridges(n_tiles, edges, active, low) if low.size else []
+        # the guard: tiles moved further than any pair measurement could move them
+        far: list[int] = []
+        if max_correction is not None:
+            shift = np.einsum("nij,nj->ni", mats[:, :d, :d], centres) + mats[:, :d, d] - centres
+            far = [int(i) for i in np.nonzero(np.abs(shift).max(axis=1) > max_correction)[0]]
+        if not drop and not far:
             break
-        cand = np.nonzero(active & ~protected & (res > threshold))[0]
-        if cand.size == 0:
-            break
-        worst = int(cand[np.argmax(res[cand])])
-        before = _n_components(n_tiles, edges, active)
-        trial = active.copy()
-        trial[worst] = False
-        after = _n_components(n_tiles, edges, trial)
-        e = edges[worst]
-        if after[e.a] != after[e.b] and before[e.a] == before[e.b]:
-            protected[worst] = True  # a bridge: removing it would split the graph
-            continue
-        active = trial
-        removed.append(worst)
+        weak.extend(drop)
+        active[drop] = False
+        for i in far:
+            guarded.append(int(i))
+            for k in np.nonzero(active)[0]:
+                if edges[k].a == i or edges[k].b == i:
+                    active[k] = False
     connected = np.zeros(n_tiles, dtype=bool)
     for k in np.nonzero(active)[0]:
         connected[edges[k].a] = connected[edges[k].b] = True
-    return Solution(mats, active, removed, res, connected)
+    return Solution(mats, active, removed, res, connected, weak, guarded)

@@ -11,9 +11,13 @@ Design decisions:
   which runs one Dask task per pair (on the active distributed client if any) and then the
   global solve on the caller's side (a few milliseconds even for 1,000+ tiles).
 * Pairs are rejected below ``quality_threshold`` (NCC of the overlap, default 0.3; pure noise
-  scores near 0) or when the peak sits at the ``max_shift`` limit; then the solve removes outlier
-  edges (residual above ``residual_threshold`` px) while the graph stays connected. A tile left
-  without a usable edge keeps its stage position and is listed in ``result.unregistered``.
+  scores near 0), when another peak scores nearly as well (``ambiguity`` above 0.75: empty,
+  noisy or repetitive overlaps) or when the peak sits at the ``max_shift`` limit; then the solve
+  removes outlier edges (residual above ``residual_threshold`` px) while the graph stays
+  connected, drops edges below quality 0.8 that alone hold a part of the mosaic (nothing can
+  confirm them: on small tiles such single wrong edges put tiles 10+ px off) and resets any tile
+  moved beyond ``max_shift``. A tile left without a usable edge keeps its stage position and is
+  listed in ``result.unregistered``.
 * The absolute placement of a registered mosaic is a gauge choice: the solve keeps the mean
   correction near zero, so the mosaic stays where the stage put it on average.
 * ``fuse(...)`` returns a lazy multiscale Image (pyramid by 2x averaging from the fused scale 0);
@@ -33,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from dask.delayed import Delayed
 
 from spatialflow.dataset import Dataset
 from spatialflow.elements.raster import Image
@@ -64,6 +69,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 TRANSFORMS = ("translation", "rigid", "affine")
 BLENDINGS = ("cosine", "linear", None)
+AMBIGUITY = 0.75  # a pair whose second-best peak scores above this share of the best is rejected
+BRIDGE_QUALITY = 0.8  # an edge that alone links two parts of the pair graph needs this quality
 
 
 # --- inputs ---------------------------------------------------------------------------------------
@@ -195,26 +202,25 @@ class LazyRegistration:
         self.node = node
         self.quality_threshold = quality_threshold
         self.residual_threshold = residual_threshold
-        self._delayed: list[Any] | None = None
+        self._delayed: Delayed | None = None
 
-    def to_delayed(self) -> list[Any]:
+    def to_delayed(self) -> Delayed:
+        """One Delayed computing the list of pair measurements."""
         if self._delayed is None:
             self._delayed = lower_register(self.node)
         return self._delayed
 
     @property
     def n_tasks(self) -> int:
-        keys: set[Any] = set()
-        for dl in self.to_delayed():
-            keys.update(dl.__dask_graph__().keys())
-        return len(keys)
+        return len(self.to_delayed().__dask_graph__())
 
     def explain(self, print_: bool = True) -> str:
         lines = [
             "== plan ==",
             *self.node.explain_lines(),
             "== execution ==",
-            f"pair tasks: {len(self.node.pairs)} (one per overlapping pair, overlap windows only)",
+            f"pair tasks: {len(self.node.pairs)} (one per overlapping pair, fed only the tile "
+            "chunks its overlap windows meet)",
             f"tasks: {self.n_tasks}",
             f"global solve: {self.node.transform}, sparse least squares on the client",
         ]
@@ -226,7 +232,7 @@ class LazyRegistration:
     def compute(self, **kwargs: Any) -> RegistrationResult:
         import dask
 
-        measured = dask.compute(*self.to_delayed(), **kwargs) if self.node.pairs else ()
+        measured = dask.compute(self.to_delayed(), **kwargs)[0] if self.node.pairs else []
         return solve(self.node, list(measured), self.quality_threshold, self.residual_threshold)
 
     def __repr__(self) -> str:
@@ -264,25 +270,43 @@ def solve(
             reason = f"quality {m['quality']:.3f} < {quality_threshold}"
         elif m["at_limit"]:
             reason = "peak at the max_shift limit"
+        elif m["ambiguity"] > AMBIGUITY:
+            reason = f"ambiguous: another peak scores {m['ambiguity']:.2f} of the best"
         row = {"tile_a": tiles[p.a].name, "tile_b": tiles[p.b].name, "level": p.level}
         for k, ax in enumerate(tiles[0].axes):
             row[f"shift_{ax}"] = float(delta[k])
-        row.update(quality=float(m["quality"]), overlap_px=int(m["overlap"]))
+        row.update(quality=float(m["quality"]), ambiguity=float(m["ambiguity"]))
+        row.update(overlap_px=int(m["overlap"]))
         row.update(status="rejected" if reason else "used", reason=reason, residual_px=np.nan)
         rows.append(row)
         if not reason:
             edge_rows.append(len(rows) - 1)
             edges.append(_edge(node, p, np.asarray(m["lag"]), max(m["quality"], 1e-3) ** 2))
     centres = np.stack([t.corners().mean(axis=0) for t in tiles])
+    reach = max((float(np.max(p.max_shift * p.factor)) for p in node.pairs), default=0.0)
     sol = solve_positions(
-        len(tiles), centres, edges, transform=node.transform, threshold=residual_threshold
+        len(tiles),
+        centres,
+        edges,
+        transform=node.transform,
+        threshold=residual_threshold,
+        min_bridge_weight=BRIDGE_QUALITY**2,
+        max_correction=reach * min(t.pixel_size for t in tiles),
     )
+    guarded = {tiles[i].name for i in sol.guarded}
+    weak = set(sol.weak_bridges)
     per_tile: list[list[float]] = [[] for _ in tiles]
     for k, r in enumerate(edge_rows):
         rows[r]["residual_px"] = float(sol.residuals[k])
         if not sol.used[k]:
             rows[r]["status"] = "rejected"
             rows[r]["reason"] = f"outlier: residual {sol.residuals[k]:.2f} px"
+            if k in weak:
+                rows[r]["reason"] = (
+                    f"unconfirmed: the only link between two parts, quality < {BRIDGE_QUALITY}"
+                )
+            elif rows[r]["tile_a"] in guarded or rows[r]["tile_b"] in guarded:
+                rows[r]["reason"] = "a tile of the pair moved beyond max_shift"
         else:
             per_tile[edges[k].a].append(sol.residuals[k])
             per_tile[edges[k].b].append(sol.residuals[k])
@@ -307,22 +331,23 @@ def solve(
         name="residual_px",
     )
     cols = ["tile_a", "tile_b", "level", *[f"shift_{a}" for a in tiles[0].axes]]
-    cols += ["quality", "overlap_px", "status", "reason", "residual_px"]
+    cols += ["quality", "ambiguity", "overlap_px", "status", "reason", "residual_px"]
     pairs = pd.DataFrame(rows, columns=cols)
     return RegistrationResult(
         transforms, pairs, residuals, unregistered, node.coordinate_system, matrices
     )
 
 
-def _channel_index(el: Image, channel: int | str) -> int:
-    names = el.channel_names
+def _channel_index(tile: Tile, channel: int | str) -> int:
+    names = tile.element.channel_names
     if isinstance(channel, int | np.integer) and not isinstance(channel, bool):
         if 0 <= channel < len(names):
             return int(channel)
     elif channel in names:
         return names.index(channel)
     raise ValidationError(
-        f"register: channel {channel!r} is not an index below {len(names)} or one of {names}"
+        f"register: channel {channel!r} of tile {tile.name!r} is not an index below "
+        f"{len(names)} or one of {names}"
     )
 
 
@@ -351,7 +376,7 @@ def register(
     tl = _tiles(ds, tiles, coordinate_system)
     if len(tl) < 2:
         raise ValidationError(f"register: needs at least two tiles, got {[t.name for t in tl]}")
-    ch = _channel_index(tl[0].element, channel)
+    ch = _channel_index(tl[0], channel)
     pairs = plan_pairs(tl, max_shift=max_shift, level=level)
     paired = {t for p in pairs for t in (p.a, p.b)}
     lonely = [t.name for i, t in enumerate(tl) if i not in paired]
