@@ -14,9 +14,12 @@ SpatialData zarr layout: the element stays ordinary points that spatialdata 0.8 
 
 Parquet statistics (min/max per row group) are written for every column: level, x, y and the
 feature column (dictionary strings; the codes' ranges are in the unit tables, which also carry
-the per-(level, feature) counts). Files are written by one Dask task each, in the pandas/dask
-parquet dialect (``__null_dask_index__`` for an unnamed index) so dask, spatialdata and
-spatialflow read them as they read what dask writes.
+the per-(level, feature) counts). Files are written in the pandas/dask parquet dialect
+(``__null_dask_index__`` for an unnamed index) so dask, spatialdata and spatialflow read them
+as they read what dask writes. A freshly built index is written range by range (one Dask task
+converts a sorted range to Arrow once and writes it as one file, one row group per unit, by
+zero-copy slices), batch after batch (``PointsIndex.batches``), so at most one batch of rows
+is in memory; an index read from storage is rewritten unit by unit.
 
 Native Icechunk layout: the spatial-first copy is the element's own partitions; the
 feature-first copy is a second partition table ``by_feature_partitions`` (its arrays in a
@@ -72,6 +75,18 @@ def _file_groups(levels: np.ndarray, rows: np.ndarray) -> list[list[int]]:
     return groups
 
 
+def _writer(f: Any, schema: pa.Schema) -> pq.ParquetWriter:
+    """A parquet writer that dictionary-encodes only dictionary and small integer columns:
+    trying it on unique floats and ids costs more time than the whole encoding otherwise."""
+    small = [
+        fld.name
+        for fld in schema
+        if pa.types.is_dictionary(fld.type)
+        or (pa.types.is_integer(fld.type) and fld.type.bit_width <= 16)
+    ]
+    return pq.ParquetWriter(f, schema, compression="snappy", use_dictionary=small)
+
+
 def _write_file(fs: Any, path: str, *parts: pd.DataFrame) -> int:
     """Write ``parts`` as one parquet file, one row group each."""
     writer = None
@@ -82,7 +97,7 @@ def _write_file(fs: Any, path: str, *parts: pd.DataFrame) -> int:
             table = pa.Table.from_pandas(df, preserve_index=True)
             if writer is None:
                 f = fs.open(path, "wb")
-                writer = pq.ParquetWriter(f, table.schema, compression="snappy")
+                writer = _writer(f, table.schema)
             writer.write_table(table, row_group_size=max(1, table.num_rows))
     finally:
         if writer is not None:
@@ -91,10 +106,55 @@ def _write_file(fs: Any, path: str, *parts: pd.DataFrame) -> int:
     return len(parts)
 
 
+def _write_range(fs: Any, path: str, df: pd.DataFrame, rows: np.ndarray) -> int:
+    """Write one sorted range as one parquet file, one row group per unit of ``rows``."""
+    if df.index.name is None:
+        df = df.rename_axis(NULL_INDEX)
+    table = pa.Table.from_pandas(df, preserve_index=True)
+    if table.num_rows != int(rows.sum()):  # pragma: no cover - a bug, not a user error
+        raise FormatError(f"{path}: a range of {table.num_rows} rows for {int(rows.sum())}")
+    buf = pa.BufferOutputStream()  # encoded in memory, then one write to any filesystem
+    with _writer(buf, table.schema) as w:
+        offset = 0
+        for n in rows:
+            w.write_table(table.slice(offset, int(n)), row_group_size=int(n))
+            offset += int(n)
+    with fs.open(path, "wb") as f:
+        f.write(buf.getvalue())
+    return len(rows)
+
+
+def _write_batches(loc: Any, path: str, index: PointsIndex) -> int:
+    copies = {"spatial": ("points.parquet", index.spatial)}
+    if index.by_feature is not None:
+        copies["by_feature"] = (FEATURE_DIR, index.by_feature)
+    for dirname, _ in copies.values():
+        loc.fs.makedirs(f"{path}/{dirname}", exist_ok=True)
+    written = 0
+    for batch in index.batches or []:
+        tasks = []
+        for which, r in batch:
+            dirname, copy = copies[which]
+            assert copy.ranges is not None and copy.range_units is not None
+            a, b = int(copy.range_units[r]), int(copy.range_units[r + 1])
+            target = f"{path}/{dirname}/part.{r}.parquet"
+            tasks.append(dask.delayed(_write_range)(loc.fs, target, copy.ranges[r], copy.rows[a:b]))
+        written += sum(dask.compute(*tasks))
+    return written
+
+
 def write_index_parquet(loc: Any, path: str, el: Points) -> None:
-    """Write both copies of an indexed element's rows under ``path`` (one Dask graph)."""
+    """Write both copies of an indexed element's rows under ``path``."""
     index = el.index
     assert index is not None
+    expected = len(index.spatial.rows) + (
+        len(index.by_feature.rows) if index.by_feature is not None else 0
+    )
+    if index.batches is not None:
+        written = _write_batches(loc, path, index)
+        if written != expected:  # pragma: no cover - a bug, not a user error
+            raise FormatError(f"{path}: wrote {written} of {expected} index row groups")
+        return
     copies = [("points.parquet", index.spatial)]
     if index.by_feature is not None:
         copies.append((FEATURE_DIR, index.by_feature))
@@ -107,9 +167,6 @@ def write_index_parquet(loc: Any, path: str, el: Points) -> None:
             target = f"{directory}/part.{k}.parquet"
             tasks.append(dask.delayed(_write_file)(loc.fs, target, *[parts[i] for i in members]))
     written = dask.compute(*tasks)
-    expected = len(index.spatial.rows) + (
-        len(index.by_feature.rows) if index.by_feature is not None else 0
-    )
     if sum(written) != expected:  # pragma: no cover - a bug, not a user error
         raise FormatError(f"{path}: wrote {sum(written)} of {expected} index row groups")
 
