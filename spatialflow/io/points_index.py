@@ -12,9 +12,10 @@ SpatialData zarr layout: the element stays ordinary points that spatialdata 0.8 
     points/<name>/points_by_feature.parquet/ the feature-first copy, the same way (spatialdata
                                              reads only points.parquet and ignores it)
 
-Parquet statistics (min/max per row group) are written for every column: level, x, y and the
-feature column (dictionary strings; the codes' ranges are in the unit tables, which also carry
-the per-(level, feature) counts). Files are written in the pandas/dask parquet dialect
+Parquet statistics (min/max per row group) are written for level, x, y and every other
+non-dictionary column; the feature column's range of codes per row group is in the unit tables
+(which also carry the per-(level, feature) counts), not in string statistics, which cost four
+times the column's encoding. Files are written in the pandas/dask parquet dialect
 (``__null_dask_index__`` for an unnamed index) so dask, spatialdata and spatialflow read them
 as they read what dask writes. A freshly built index is written range by range (one Dask task
 converts a sorted range to Arrow once and writes it as one file, one row group per unit, by
@@ -76,15 +77,18 @@ def _file_groups(levels: np.ndarray, rows: np.ndarray) -> list[list[int]]:
 
 
 def _writer(f: Any, schema: pa.Schema) -> pq.ParquetWriter:
-    """A parquet writer that dictionary-encodes only dictionary and small integer columns:
-    trying it on unique floats and ids costs more time than the whole encoding otherwise."""
-    small = [
-        fld.name
-        for fld in schema
-        if pa.types.is_dictionary(fld.type)
-        or (pa.types.is_integer(fld.type) and fld.type.bit_width <= 16)
+    """A parquet writer that dictionary-encodes only dictionary and small integer columns
+    (trying it on unique floats and ids costs more than the rest of the encoding) and keeps
+    statistics of every column but the dictionary (feature) ones: min/max of strings costs
+    four times their encoding, and the unit tables hold each unit's feature-code range."""
+    dicts = [fld.name for fld in schema if pa.types.is_dictionary(fld.type)]
+    small = dicts + [
+        fld.name for fld in schema if pa.types.is_integer(fld.type) and fld.type.bit_width <= 16
     ]
-    return pq.ParquetWriter(f, schema, compression="snappy", use_dictionary=small)
+    stats = [fld.name for fld in schema if fld.name not in dicts]
+    return pq.ParquetWriter(
+        f, schema, compression="snappy", use_dictionary=small, write_statistics=stats
+    )
 
 
 def _write_file(fs: Any, path: str, *parts: pd.DataFrame) -> int:

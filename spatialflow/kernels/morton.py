@@ -45,6 +45,7 @@ __all__ = [
     "group_rows",
     "point_state",
     "pool_counts",
+    "route_rows",
     "sort_order",
     "split_keys",
 ]
@@ -294,6 +295,32 @@ def _group(ids, n_groups):  # type: ignore[no-untyped-def]
             perm[pos[g]] = i
             pos[g] += 1
     return perm, offsets
+
+
+@numba.njit(cache=True, nogil=True)
+def _route(key, shift, starts, a, b):  # type: ignore[no-untyped-def]
+    n_groups = b - a
+    ids = np.empty(key.size, dtype=np.int64)
+    sh = np.uint64(shift)
+    for i in range(key.size):
+        k = key[i] >> sh
+        lo, hi = 0, starts.size  # the last start <= k (searchsorted right, minus one)
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if starts[mid] <= k:
+                lo = mid + 1
+            else:
+                hi = mid
+        ids[i] = lo - 1 - a
+    return _group(ids, n_groups)
+
+
+def route_rows(
+    key: np.ndarray, shift: int, starts: np.ndarray, a: int, b: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows grouped by range ``a..b-1`` (a range is the last of ``starts`` <= key >> shift),
+    as ``group_rows`` returns them; rows of other ranges are left out."""
+    return _route(key, int(shift), np.ascontiguousarray(starts, dtype=np.uint64), int(a), int(b))
 
 
 def group_rows(ids: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:

@@ -49,9 +49,9 @@ from spatialflow.kernels.morton import (
     MAX_LEVELS,
     coarse_counts,
     grid_levels,
-    group_rows,
     point_state,
     pool_counts,
+    route_rows,
     sort_order,
     split_keys,
 )
@@ -118,8 +118,7 @@ def _split(
     out: dict[tuple[str, int], tuple] = {}
     for order, (starts, a, b) in wanted.items():
         key = skey if order == "s" else fkey
-        which = np.searchsorted(starts, key >> np.uint64(_SHIFT[order]), side="right") - 1 - a
-        perm, offsets = group_rows(which, b - a)
+        perm, offsets = route_rows(key, _SHIFT[order], starts, a, b)
         if perm.size == 0:
             continue
         taken = df.take(perm)
@@ -171,6 +170,23 @@ def _merge_sparse(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarra
     return uniq, np.bincount(inv, weights=counts, minlength=len(uniq)).astype(np.int64)
 
 
+def _merge_pairs(*parts: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    return _merge_sparse(list(parts))
+
+
+def _merge_final(*parts: tuple) -> tuple:
+    bins, counts = _merge_sparse([(p[0], p[1]) for p in parts])
+    return bins, counts, sum(p[2] for p in parts)
+
+
+def _tree(tasks: list[Any], combine: Any, width: int = 8) -> Any:
+    """One lazy result of ``combine`` over ``tasks`` in a tree of fan-in ``width`` (the
+    client never holds every partition's histogram at once)."""
+    while len(tasks) > 1:
+        tasks = [dask.delayed(combine)(*tasks[i : i + width]) for i in range(0, len(tasks), width)]
+    return tasks[0]
+
+
 def _levels(
     states: list[Any], width: float, height: float, limit: int
 ) -> tuple[np.ndarray, list[tuple[int, int]], list[int]]:
@@ -181,7 +197,7 @@ def _levels(
     for lv, splits in enumerate(grid):
         p_so_far = np.array(probs, dtype=np.float64)
         tasks = [dask.delayed(_pool_counts)(s, p_so_far, splits) for s in states]
-        _, counts = _merge_sparse(list(dask.compute(*tasks)))
+        ((_, counts),) = dask.compute(_tree(tasks, _merge_pairs))
         if counts.size == 0:
             break  # the pool is empty: the previous level was the finest
         max_count = int(counts.max())
@@ -199,7 +215,7 @@ def _deinterleave(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     codes = codes.astype(np.uint64)
     ix = np.zeros(codes.shape, np.uint64)
     iy = np.zeros(codes.shape, np.uint64)
-    for b in range(BITS):
+    for b in range((32 - COARSE_SHIFT) // 2):  # coarse cells: 10 bits a side
         ix |= ((codes >> np.uint64(2 * b)) & np.uint64(1)) << np.uint64(b)
         iy |= ((codes >> np.uint64(2 * b + 1)) & np.uint64(1)) << np.uint64(b)
     return ix, iy
@@ -300,7 +316,7 @@ def _ranges(rows: np.ndarray) -> np.ndarray:
 
 
 def _shuffle(
-    parts: list[Any], finals: tuple, copies: dict[str, tuple], meta: pd.DataFrame, args: tuple
+    parts: list[Any], copies: dict[str, tuple], meta: pd.DataFrame, args: tuple
 ) -> dict[str, Any]:
     """The lazy ranges and unit partitions of each copy, and the batches of ranges."""
     order_name = {"s": "spatial", "f": "by_feature"}
@@ -309,17 +325,6 @@ def _shuffle(
         firsts = _ranges(rows)
         sizes = np.add.reduceat(rows, firsts[:-1]) if len(rows) else np.zeros(0, np.int64)
         plans[order] = (starts[firsts[:-1]], firsts, sizes)
-    # which input partitions feed each range: from the per-input histograms
-    feeds: dict[str, list[set[int]]] = {o: [set() for _ in p[2]] for o, p in plans.items()}
-    for i, (pbins, _, pfeat) in enumerate(finals):
-        for order, (rstarts, _, _) in plans.items():
-            if order == "s":
-                keys = pbins.astype(np.uint64)
-            else:
-                lv_i, c_i = np.nonzero(pfeat)
-                keys = (c_i.astype(np.int64) * MAX_LEVELS + lv_i).astype(np.uint64)
-            for j in np.unique(np.searchsorted(rstarts, keys, side="right") - 1):
-                feeds[order][int(j)].add(i)
     # batches: consecutive ranges (spatial, then feature-first) up to BATCH_ROWS rows
     batches: list[list[tuple[str, int]]] = []
     cur = 0
@@ -339,21 +344,32 @@ def _shuffle(
                 wanted[order] = (plans[order][0], rs[0], rs[-1] + 1)
         splits = [dask.delayed(_split)(p, *args[:5], wanted) for p in parts]
         for order, r in batch:
-            pieces = [dask.delayed(_piece)(splits[i], (order, r)) for i in sorted(feeds[order][r])]
+            pieces = [dask.delayed(_piece)(split, (order, r)) for split in splits]
             ranges[order][r] = dask.delayed(_assemble)(meta, *pieces)
     out: dict[str, Any] = {"batches": [[(order_name[o], r) for o, r in batch] for batch in batches]}
     for order, (_, firsts, _) in plans.items():
-        rows = copies[order][1]
-        offsets = np.concatenate([[0], np.cumsum(rows)])
-        units = []
-        for r in range(len(firsts) - 1):
-            base = offsets[firsts[r]]
-            for u in range(firsts[r], firsts[r + 1]):
-                a, b = int(offsets[u] - base), int(offsets[u + 1] - base)
-                units.append(dask.delayed(_unit)(ranges[order][r], a, b))
-        data = dd.from_delayed(units, meta=meta, verify_meta=False)
+        data = _units(ranges[order], firsts, copies[order][1], meta, order)
         out[order] = (data, ranges[order], firsts)
     return out
+
+
+def _units(ranges: list[Any], firsts: np.ndarray, rows: np.ndarray, meta: Any, order: str) -> Any:
+    """The dask DataFrame whose partition ``u`` is unit ``u``: a slice of its range. One
+    graph layer written directly (thousands of ``dask.delayed`` calls cost seconds)."""
+    from dask.delayed import Delayed
+    from dask.highlevelgraph import HighLevelGraph
+
+    name = f"points-index-unit-{order}-{dask.base.tokenize(*[r.key for r in ranges])}"
+    offsets = np.concatenate([[0], np.cumsum(rows)])
+    layer: dict[Any, Any] = {}
+    for r in range(len(firsts) - 1):
+        base = offsets[firsts[r]]
+        for u in range(firsts[r], firsts[r + 1]):
+            a, b = int(offsets[u] - base), int(offsets[u + 1] - base)
+            layer[(name, u)] = (_unit, ranges[r].key, a, b)
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=ranges)
+    units = [Delayed((name, u), graph, layer=name) for u in range(len(rows))]
+    return dd.from_delayed(units, meta=meta, verify_meta=False)
 
 
 def build_index(el: Points, *, limit: int, seed: int, row_group_rows: int, name: str) -> Points:
@@ -375,11 +391,11 @@ def build_index(el: Points, *, limit: int, seed: int, row_group_rows: int, name:
     parts = el.data.to_delayed()
     states = list(dask.persist(*[dask.delayed(_slim)(p, lo, hi, seed, fk) for p in parts]))
     probs, grid, max_counts = _levels(states, hi[0] - lo[0], hi[1] - lo[1], limit)
-    finals = dask.compute(*[dask.delayed(_final_counts)(s, probs, n_codes) for s in states])
+    ((bins, counts, by_feature),) = dask.compute(
+        _tree([dask.delayed(_final_counts)(s, probs, n_codes) for s in states], _merge_final)
+    )
     del states
-    bins, counts = _merge_sparse([(f[0], f[1]) for f in finals])
     bins = bins.astype(np.uint64)
-    by_feature = sum(f[2] for f in finals)
     s_starts, s_levels, s_rows, s_boxes = _spatial_cuts(bins, counts, row_group_rows, lo, hi)
     copies = {"s": (s_starts.astype(np.uint64), s_rows)}
     if fk:
@@ -387,7 +403,7 @@ def build_index(el: Points, *, limit: int, seed: int, row_group_rows: int, name:
         info = np.array(f_info, dtype=np.int64).reshape(-1, 5)
         copies["f"] = (f_starts.astype(np.uint64), info[:, 4])
     meta = el.data._meta.assign(**{LEVEL: np.array([], dtype=np.uint8)})
-    built = _shuffle(parts, finals, copies, meta, (lo, hi, seed, fk, probs))
+    built = _shuffle(parts, copies, meta, (lo, hi, seed, fk, probs))
     data, s_ranges, s_range_units = built["s"]
     levels_desc = []
     total = by_feature.sum(axis=1)
