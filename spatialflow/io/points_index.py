@@ -200,10 +200,10 @@ def restore_index(
     where: str,
     el: Points,
     spatial_reader: Callable[[int], pd.DataFrame] | None,
-    by_feature: tuple[Any, np.ndarray | None, Callable[[int], pd.DataFrame] | None] | None,
+    by_feature: tuple | None,
 ) -> PointsIndex | None:
     """The index stored as ``meta`` for the element ``el`` read from storage (None if absent
-    or stale). ``by_feature`` is the feature-first copy's (frame, bounds, reader)."""
+    or stale). ``by_feature`` is the feature-first copy's (frame, bounds, reader[, read_many])."""
     if not isinstance(meta, dict):
         return None
     if meta.get("version") != INDEX_VERSION:
@@ -219,8 +219,9 @@ def restore_index(
         )
         feature = None
         if meta.get("feature_units") is not None and by_feature is not None:
-            data, bounds, reader = by_feature
+            data, bounds, reader, *many = by_feature
             feature = _copy(meta["feature_units"], data, _xy_bounds(bounds, d), reader)
+            feature.read_many = many[0] if many else None
     except (KeyError, TypeError, ValueError) as e:
         raise FormatError(f"{where}: malformed points index metadata ({e})") from e
     if len(spatial.rows) != el.npartitions or (
@@ -261,6 +262,47 @@ def parquet_readers(
     return read
 
 
+def parquet_read_many(
+    fs: Any, groups: list[tuple[str, int, Any]], categories: dict, threads: int = 8
+) -> Callable[..., pd.DataFrame]:
+    """A reader of several units at once: the row groups of each file by one pyarrow call
+    (files in a thread pool), each file's rows filtered by ``mask(table) -> bool array``, and
+    one pandas conversion of what is left (categories restored once, not per row group)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from spatialflow.io.columns import points_frame
+    from spatialflow.io.sdformat import _unreadable
+
+    table = [(f, rg) for f, rg, _ in groups]
+    footers: dict[str, Any] = {}
+
+    def one(f: str, rgs: list[int], mask: Callable[[pa.Table], np.ndarray]) -> pa.Table:
+        try:
+            with fs.open(f, "rb") as fh:
+                pf = pq.ParquetFile(fh, metadata=footers.get(f))
+                footers[f] = pf.metadata
+                data = pf.read_row_groups(rgs, use_threads=False)
+        except (OSError, pa.ArrowException, ValueError) as e:
+            raise _unreadable(f"{f} (row groups {rgs[:5]})", e, fs) from e
+        return data.filter(pa.array(mask(data), type=pa.bool_()))
+
+    def read_many(units: list[int], mask: Callable[[pa.Table], np.ndarray]) -> pd.DataFrame:
+        by_file: dict[str, list[int]] = {}
+        for i in units:  # units in order: files, then row groups, in order
+            f, rg = table[i]
+            by_file.setdefault(f, []).append(rg)
+        jobs = list(by_file.items())
+        if len(jobs) == 1:
+            parts = [one(*jobs[0], mask)]
+        else:
+            with ThreadPoolExecutor(min(threads, len(jobs))) as pool:
+                parts = list(pool.map(lambda job: one(*job, mask), jobs))
+        parts = [p for p in parts if p.num_rows] or parts[:1]
+        return points_frame(pa.concat_tables(parts), categories)
+
+    return read_many
+
+
 def native_reader(
     read_partition: Callable[..., pd.DataFrame], store: Any, parts_path: str, schema: dict
 ) -> Callable[[int], pd.DataFrame]:
@@ -288,6 +330,7 @@ def read_sd_index(
     from spatialflow.io.sdformat import _parts, _read_parquet_row_group, _row_groups
 
     reader = parquet_readers(loc.fs, groups, categories)
+    many = parquet_read_many(loc.fs, groups, categories)
     by_feature = None
     directory = loc.join(path, FEATURE_DIR)
     if (
@@ -314,8 +357,12 @@ def read_sd_index(
             data,
             bounds,
             parquet_readers(loc.fs, fgroups, categories),
+            parquet_read_many(loc.fs, fgroups, categories),
         )
-    return restore_index(meta, where, el, reader, by_feature)
+    index = restore_index(meta, where, el, reader, by_feature)
+    if index is not None:
+        index.spatial.read_many = many
+    return index
 
 
 def read_native_index(

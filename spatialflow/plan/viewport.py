@@ -46,6 +46,7 @@ class ViewportPlan:
     box: tuple[float, float, float, float]  # in the target coordinate system
     matrix: np.ndarray  # the element's space -> target, 3x3 affine on x, y
     rows: int  # rows the units hold
+    cats: Any = None  # the feature's categories (codes index them)
 
     def explain_lines(self) -> list[str]:
         return [
@@ -81,6 +82,36 @@ def plan_units(
         hi = np.searchsorted(codes, copy.codes[:, 1], side="right")
         keep &= hi > lo  # some requested code within [min code, max code]
     return np.flatnonzero(keep)
+
+
+def _mask_arrow(table: Any, plan: ViewportPlan, feature_key: str | None) -> np.ndarray:
+    """The rows of a pyarrow table that ``plan`` keeps (before any pandas conversion)."""
+    n = table.num_rows
+    keep = np.ones(n, dtype=bool)
+    if n == 0:
+        return keep
+    names = table.column_names
+    if LEVEL in names:
+        keep &= table[LEVEL].to_numpy() <= plan.max_level
+    if plan.codes is not None and feature_key is not None and feature_key in names:
+        wanted = set(np.asarray(plan.cats)[plan.codes].tolist())
+        hits = []
+        for chunk in table[feature_key].chunks:  # dictionary chunks: test the dictionary once
+            if hasattr(chunk, "dictionary"):
+                ok = np.array([v in wanted for v in chunk.dictionary.to_pylist()] + [False])
+                idx = chunk.indices.fill_null(-1).to_numpy(zero_copy_only=False)
+                hits.append(ok[idx])
+            else:
+                hits.append(np.array([v in wanted for v in chunk.to_pylist()], dtype=bool))
+        keep &= np.concatenate(hits)
+    x = table["x"].to_numpy().astype(np.float64, copy=False)
+    y = table["y"].to_numpy().astype(np.float64, copy=False)
+    m = plan.matrix
+    tx = m[0, 0] * x + m[0, 1] * y + m[0, 2]
+    ty = m[1, 0] * x + m[1, 1] * y + m[1, 2]
+    b = plan.box
+    keep &= (tx >= b[0]) & (tx <= b[2]) & (ty >= b[1]) & (ty <= b[3])
+    return keep
 
 
 def _filter(df: pd.DataFrame, plan: ViewportPlan, feature_key: str | None) -> pd.DataFrame:
@@ -133,6 +164,9 @@ class LazyViewport:
             blocks = data.to_delayed()
             tasks = [dask.delayed(_filter)(blocks[i], self.plan, fk) for i in units]
             parts = list(dask.compute(*tasks, **kwargs))
+        elif self.plan.direct and self._copy.read_many is not None:  # one read per file
+            plan, fk_ = self.plan, fk
+            parts = [self._copy.read_many(units, lambda t: _mask_arrow(t, plan, fk_))]
         elif self.plan.direct:
             with ThreadPoolExecutor(min(_THREADS, len(units))) as pool:
                 parts = list(pool.map(self._read, units))
