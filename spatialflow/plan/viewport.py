@@ -3,11 +3,14 @@
 A plan is a list of units (partitions = row groups) of one copy of the index. Both copies are
 pruned with the index's unit table (levels, feature codes, bounding boxes) and the one with
 fewer rows to read is chosen: the spatial-first copy for boxes, the feature-first one for gene
-panels. Small plans (at most ``DIRECT_UNITS`` units) are read directly, in a thread pool, by
-each unit's reader (a parquet row group or a native partition): no Dask graph at all. Larger
-plans run as one Dask task per unit. Every unit is filtered exactly (level, features, box in
-the target coordinate system; the box is closed) and the result is ordered by level, then in
-the order of the copy it came from.
+panels. Small plans (at most ``DIRECT_UNITS`` units) are read directly, with no Dask graph at
+all: from parquet, the selected row groups of each file by one pyarrow call (files in a thread
+pool), filtered in Arrow/numpy, and converted to pandas once (a per-row-group pandas conversion,
+with its categorical of every gene, cost more than the reads: Q3 of the benchmark went from
+~95 to ~25 ms at 10^7 points); from the native layout, each unit's partition in a thread pool.
+Larger plans run as one Dask task per unit. Every unit is filtered exactly (level, features,
+box in the target coordinate system; the box is closed) and the result is ordered by level,
+then in the order of the copy it came from.
 
 An element without an index is scanned instead: the partitions whose bounding boxes meet the
 box, every row reported at level 0.
