@@ -258,13 +258,28 @@ def _by_code(fkey, n_codes):  # type: ignore[no-untyped-def]
     return by_feature
 
 
+@numba.njit(cache=True, nogil=True)
+def _bins(skey, bits):  # type: ignore[no-untyped-def]
+    top = (32 - COARSE_SHIFT) // 2
+    masks = np.empty(bits.size, dtype=np.uint64)
+    for lv in range(bits.size):
+        masks[lv] = ~np.uint64((1 << (2 * (top - bits[lv]))) - 1)
+    out = np.empty(skey.size, dtype=np.int64)
+    for i in range(skey.size):
+        lv = np.int64(skey[i] >> np.uint64(32))
+        out[i] = np.int64((skey[i] >> np.uint64(COARSE_SHIFT)) & masks[lv])
+    return out
+
+
 def coarse_counts(
-    skey: np.ndarray, fkey: np.ndarray, n_levels: int, n_codes: int
+    skey: np.ndarray, fkey: np.ndarray, n_levels: int, n_codes: int, bits: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Occupied coarse bins ``skey >> COARSE_SHIFT`` (level, then a 2**10-a-side Z-cell) with
-    their counts, and the (n_levels, n_codes) points per level and feature code. (A sort: a
-    dense array of every level's 2**20 bins costs more in page faults than sorting.)"""
-    bins, counts = _sparse_sorted(np.sort((skey >> np.uint64(COARSE_SHIFT)).astype(np.int64)))
+    """Occupied coarse bins with their counts, and the (n_levels, n_codes) points per level
+    and feature code. A bin is ``skey >> COARSE_SHIFT`` (level, then a Z-cell of 2**10 a side)
+    with the Z-bits finer than ``bits[level]`` per axis cleared, so a level's histogram has at
+    most ``4 ** bits[level]`` bins. (A sort: a dense array of 2**20 bins a level costs more in
+    page faults than sorting.)"""
+    bins, counts = _sparse_sorted(np.sort(_bins(skey, np.asarray(bits, dtype=np.int64))))
     # the feature-first key's high word is code * MAX_LEVELS + level
     by_code = _by_code(fkey, n_codes)
     return bins, counts, by_code.reshape(n_codes, MAX_LEVELS)[:, :n_levels].T.copy()

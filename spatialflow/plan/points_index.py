@@ -95,10 +95,10 @@ def _pool_counts(state: tuple, probs: np.ndarray, splits: tuple[int, int]) -> tu
     return pool_counts(ix, iy, h, probs, splits)
 
 
-def _final_counts(state: tuple, probs: np.ndarray, n_codes: int) -> tuple:
+def _final_counts(state: tuple, probs: np.ndarray, n_codes: int, bits: np.ndarray) -> tuple:
     ix, iy, h, codes = state
     _, skey, fkey = split_keys(ix, iy, h, codes, probs)
-    return coarse_counts(skey, fkey, len(probs), n_codes)
+    return coarse_counts(skey, fkey, len(probs), n_codes, bits)
 
 
 def _split(
@@ -170,6 +170,22 @@ def _merge_sparse(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarra
     return uniq, np.bincount(inv, weights=counts, minlength=len(uniq)).astype(np.int64)
 
 
+def _coarse_bits(
+    grid: list[tuple[int, int]], probs: np.ndarray, totals: list[int], limit: int, cap: int
+) -> np.ndarray:
+    """Bits per axis of each level's histogram bins (at most 10): fine enough that a bin holds
+    a small part of a unit, coarse enough that the histograms stay small. A bin is at least 4
+    times finer along each axis than the level's cells times the units a full cell (about
+    ``limit`` points) makes, and the level's expected points make about 16 bins a unit."""
+    top = (32 - COARSE_SHIFT) // 2
+    out = []
+    for (bx, by), p, total in zip(grid, probs, totals, strict=True):
+        per_cell = math.ceil(math.log(max(limit / cap, 1.0), 4)) + 2
+        expected = max(1.0, 16.0 * float(p) * total / cap)
+        out.append(min(top, max(max(bx, by) + per_cell, math.ceil(math.log(expected, 4)))))
+    return np.array(out, dtype=np.int64)
+
+
 def _merge_pairs(*parts: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return _merge_sparse(list(parts))
 
@@ -194,6 +210,7 @@ def _levels(
     grid = grid_levels(width, height)
     probs: list[float] = []
     max_counts: list[int] = []
+    totals: list[int] = []
     for lv, splits in enumerate(grid):
         p_so_far = np.array(probs, dtype=np.float64)
         tasks = [dask.delayed(_pool_counts)(s, p_so_far, splits) for s in states]
@@ -204,10 +221,11 @@ def _levels(
         last = lv == len(grid) - 1
         probs.append(1.0 if last else min(1.0, limit / max_count))
         max_counts.append(max_count)
+        totals.append(int(counts.sum()))
         log.debug("level %d: grid %s, max count %d, p=%.4g", lv, splits, max_count, probs[-1])
         if probs[-1] >= 1.0:
             break
-    return np.array(probs), grid[: len(probs)], max_counts
+    return np.array(probs), grid[: len(probs)], max_counts, totals
 
 
 def _deinterleave(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -246,7 +264,7 @@ def _quadtree_runs(bins: np.ndarray, cum: np.ndarray, a: int, b: int, depth: int
 
 
 def _spatial_cuts(
-    bins: np.ndarray, counts: np.ndarray, cap: int, lo: tuple, hi: tuple
+    bins: np.ndarray, counts: np.ndarray, cap: int, lo: tuple, hi: tuple, bits: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Output partitions of the spatial-first order: start bin, level, rows, box of each.
     Partitions follow the quadtree of each level (so each covers a compact square-ish area)
@@ -263,11 +281,13 @@ def _spatial_cuts(
     mask = np.uint64((1 << (32 - COARSE_SHIFT)) - 1)
     cx, cy = _deinterleave(bins & mask)
     side = 2 ** (COARSE_SHIFT // 2)
+    cell = 2 ** ((32 - COARSE_SHIFT) // 2 - np.asarray(bits, dtype=np.int64))  # bin side, level
     span = np.array([hi[0] - lo[0], hi[1] - lo[1]], dtype=np.float64) / 2**BITS
     boxes = np.empty((len(runs), 4))
     for k, (a, b, _) in enumerate(runs):
-        x0, x1 = cx[a:b].min() * side, (cx[a:b].max() + 1) * side
-        y0, y1 = cy[a:b].min() * side, (cy[a:b].max() + 1) * side
+        w = int(cell[level_of[a]])
+        x0, x1 = cx[a:b].min() * side, (cx[a:b].max() + w) * side
+        y0, y1 = cy[a:b].min() * side, (cy[a:b].max() + w) * side
         boxes[k] = [
             lo[0] + x0 * span[0],
             lo[1] + y0 * span[1],
@@ -409,13 +429,14 @@ def build_index(el: Points, *, limit: int, seed: int, row_group_rows: int, name:
     n_codes = max(1, len(cats))
     parts = el.data.to_delayed()
     states = list(dask.persist(*[dask.delayed(_slim)(p, lo, hi, seed, fk) for p in parts]))
-    probs, grid, max_counts = _levels(states, hi[0] - lo[0], hi[1] - lo[1], limit)
+    probs, grid, max_counts, totals = _levels(states, hi[0] - lo[0], hi[1] - lo[1], limit)
+    bits = _coarse_bits(grid, probs, totals, limit, row_group_rows)
     ((bins, counts, by_feature),) = dask.compute(
-        _tree([dask.delayed(_final_counts)(s, probs, n_codes) for s in states], _merge_final)
+        _tree([dask.delayed(_final_counts)(s, probs, n_codes, bits) for s in states], _merge_final)
     )
     del states
     bins = bins.astype(np.uint64)
-    s_starts, s_levels, s_rows, s_boxes = _spatial_cuts(bins, counts, row_group_rows, lo, hi)
+    s_starts, s_levels, s_rows, s_boxes = _spatial_cuts(bins, counts, row_group_rows, lo, hi, bits)
     copies = {"s": (s_starts.astype(np.uint64), s_rows)}
     if fk:
         f_starts, f_info = _feature_cuts(by_feature, row_group_rows)
