@@ -1,7 +1,13 @@
 """Benchmark: viewport queries on the multiscale points index vs unsorted parquet vs spatialdata.
 
     uv run python benchmarks/points_index.py [--points 10_000_000] [--genes 1000] [--scale 1]
-                                             [--row-group-rows 65536] [--limit 10000]
+                                             [--row-group-rows 8192] [--limit 10000]
+                                             [--workdir DIR]
+
+``--scale 10`` is the 10^8-point case: the index is built in batches of at most 48M rows
+(plan/points_index.py ``BATCH_ROWS``), so the build stays within a few GB (about 1.35 GB above
+the start at 10^7 in one batch); the largest allocations are this script's own synthetic frame
+(~2 GB at 10^8, deleted once spatialdata has written it) and its temporaries.
 
 The SpatialData hackathon's cases, on synthetic points (a uniform background plus dense
 blobs over a 10,000 x 10,000 extent) with ``--genes`` genes of similar frequency:
@@ -23,9 +29,10 @@ index (read + index + write; ``build_statistics_seconds`` is the part spent in
 ``sf.index_points``) next to spatialdata's time to write the same points, both measured after
 a small warm-up run of each (imports and compiled kernels excluded). The full scan reads every
 row group of the index's spatial copy with pyarrow, one file at a time (bounded memory at
-``--scale 10``). Targets
-(issue 13): Q2-Q4 read <= 2% of a full scan's bytes, Q1 <= 2x its gene's share; each <= 100 ms.
-Prints one JSON line.
+``--scale 10``). CPU seconds (all threads of this process) of the build and of spatialdata's
+write are reported too: on a shared machine they are steadier than wall time. Targets (issue
+13): Q2-Q4 read <= 2% of a full scan's bytes, Q1 <= 2x its gene's share; each <= 100 ms; the
+build <= 3x spatialdata's write. Prints one JSON line.
 """
 
 from __future__ import annotations
