@@ -304,29 +304,50 @@ def _group(ids, n_groups):  # type: ignore[no-untyped-def]
 
 
 @numba.njit(cache=True, nogil=True)
-def _route(key, shift, starts, a, b):  # type: ignore[no-untyped-def]
+def _route(key, shift, starts, lut, t, a, b):  # type: ignore[no-untyped-def]
     n_groups = b - a
-    ids = np.empty(key.size, dtype=np.int64)
-    sh = np.uint64(shift)
-    for i in range(key.size):
+    n = key.size
+    ids = np.empty(n, dtype=np.int32)
+    counts = np.zeros(n_groups + 1, dtype=np.int64)
+    sh, tt = np.uint64(shift), np.uint64(t)
+    last = lut.size - 1
+    for i in range(n):
         k = key[i] >> sh
-        lo, hi = 0, starts.size  # the last start <= k (searchsorted right, minus one)
-        while lo < hi:
-            mid = (lo + hi) >> 1
-            if starts[mid] <= k:
-                lo = mid + 1
-            else:
-                hi = mid
-        ids[i] = lo - 1 - a
-    return _group(ids, n_groups)
+        g = lut[min(np.int64(k >> tt), last)]  # the last start <= the table cell's first key
+        while g + 1 < starts.size and starts[g + 1] <= k:
+            g += 1
+        g -= a
+        if 0 <= g < n_groups:
+            ids[i] = g
+            counts[g + 1] += 1
+        else:
+            ids[i] = -1  # a range of another batch
+    for g in range(n_groups):
+        counts[g + 1] += counts[g]
+    pos = counts[:-1].copy()
+    perm = np.empty(counts[n_groups], dtype=np.int64)
+    for i in range(n):
+        g = ids[i]
+        if g >= 0:
+            perm[pos[g]] = i
+            pos[g] += 1
+    return perm, counts
 
 
 def route_rows(
     key: np.ndarray, shift: int, starts: np.ndarray, a: int, b: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Rows grouped by range ``a..b-1`` (a range is the last of ``starts`` <= key >> shift),
-    as ``group_rows`` returns them; rows of other ranges are left out."""
-    return _route(key, int(shift), np.ascontiguousarray(starts, dtype=np.uint64), int(a), int(b))
+    as ``group_rows`` returns them; rows of other ranges are left out. The range of a key is
+    looked up in a table of at most 2**16 cells, then stepped over the few starts inside its
+    cell (a binary search per row costs ten times more)."""
+    starts = np.ascontiguousarray(starts, dtype=np.uint64)
+    top = int(key.max() >> np.uint64(shift)) if key.size else 0
+    top = max(top, int(starts[-1]) if starts.size else 0)
+    t = max(0, top.bit_length() - 16)
+    cells = np.arange((top >> t) + 1, dtype=np.uint64) << np.uint64(t)
+    lut = (np.searchsorted(starts, cells, side="right") - 1).astype(np.int64)
+    return _route(key, int(shift), starts, lut, t, int(a), int(b))
 
 
 def group_rows(ids: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
