@@ -383,32 +383,37 @@ def _ties(order, sorted_key, h):  # type: ignore[no-untyped-def]
 @numba.njit(cache=True, nogil=True)
 def _radix(key, lo, n_bits):  # type: ignore[no-untyped-def]
     """Stable LSD radix argsort of ``key - lo`` (which fits in ``n_bits`` bits); the keys
-    travel with the positions so every pass reads sequentially."""
+    travel with the positions so every pass reads sequentially. The histograms of all digits
+    come from one read, and a digit every key shares is skipped."""
     n = key.size
     passes = max(1, -(-n_bits // 12))
     digit = -(-n_bits // passes)  # equal digits of at most 12 bits (counts stay in L1)
-    mask = np.uint64((1 << digit) - 1)
-    order = np.arange(n)
+    size = 1 << digit
+    mask = np.uint64(size - 1)
     rel = key - lo
+    counts = np.zeros((passes, size + 1), dtype=np.int64)
+    for i in range(n):
+        v = rel[i]
+        for p in range(passes):
+            counts[p, np.int64((v >> np.uint64(p * digit)) & mask) + 1] += 1
+    order = np.arange(n)
     tmp_o = np.empty(n, dtype=np.int64)
     tmp_k = np.empty(n, dtype=np.uint64)
-    shift = 0
-    for _ in range(passes):
-        counts = np.zeros((1 << digit) + 1, dtype=np.int64)
-        sh = np.uint64(shift)
-        for i in range(n):
-            counts[np.int64((rel[i] >> sh) & mask) + 1] += 1
-        for d in range(1 << digit):
-            counts[d + 1] += counts[d]
+    for p in range(passes):
+        c = counts[p]
+        if c.max() == n:  # every key has the same digit: the order stands
+            continue
+        for d in range(size):
+            c[d + 1] += c[d]
+        sh = np.uint64(p * digit)
         for i in range(n):
             d = np.int64((rel[i] >> sh) & mask)
-            p = counts[d]
-            tmp_o[p] = order[i]
-            tmp_k[p] = rel[i]
-            counts[d] = p + 1
+            q = c[d]
+            tmp_o[q] = order[i]
+            tmp_k[q] = rel[i]
+            c[d] = q + 1
         order, tmp_o = tmp_o, order
         rel, tmp_k = tmp_k, rel
-        shift += digit
     return order, rel
 
 
