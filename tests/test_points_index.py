@@ -125,6 +125,23 @@ def test_same_output_for_one_and_seven_partitions(source, indexed):
     assert not el2.data.compute()["level"].sort_index().equals(table7["level"].sort_index())
 
 
+def test_ranges_and_batches_do_not_change_the_output(source, indexed, tmp_path, monkeypatch):
+    """Small ranges and batches (as at 10^8 points): the same rows, written batch by batch."""
+    import spatialflow.plan.points_index as build
+
+    monkeypatch.setattr(build, "RANGE_ROWS", 3_000)
+    monkeypatch.setattr(build, "BATCH_ROWS", 20_000)
+    el = sf.index_points(_dataset(source, 3), "tx", limit=LIMIT, seed=3, row_group_rows=2_000)
+    assert len(el.index.batches) >= 4 and len(el.index.spatial.ranges) >= 10
+    ds = sf.Dataset()
+    ds.points["tx"] = el
+    ds.write(tmp_path / "b.zarr")
+    back = sf.read(tmp_path / "b.zarr").points["tx"]
+    pd.testing.assert_frame_equal(back.data.compute(), indexed[1])
+    files = list((tmp_path / "b.zarr/points/tx/points.parquet").glob("*.parquet"))
+    assert len(files) == len(el.index.spatial.ranges)
+
+
 def _brute(table, box, max_level, genes):
     sel = table[
         (table["x"] >= box[0])
@@ -250,7 +267,6 @@ def test_native_layout_round_trip(indexed, tmp_path):
     _check_queries(back, table, np.random.default_rng(2), n=8)
 
 
-@pytest.mark.slow  # fresh worker processes load numba and the stack: ~1-2 min on 2 busy cores
 def test_job_step_builds_on_a_cluster_and_commits(source, tmp_path, cluster_client):
     from spatialflow.jobs.config import parse_config
     from spatialflow.jobs.runner import run_job

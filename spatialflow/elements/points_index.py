@@ -10,6 +10,11 @@ rows and a bounding box (a conservative box before writing, the stored statistic
 ``description`` is the JSON stored in the element's attributes: the levels (grid shape, cell
 size, probability, count), limit, seed, extent, and the per-(level, feature) counts, which
 are the (level, gene) map a query uses to estimate its size. Nothing here reads data.
+
+A freshly built index also carries its build plan: each copy's *ranges* (runs of consecutive
+units, each one lazy sorted frame: one sort task, one parquet file) and the *batches* of ranges
+a writer materializes together (ranges of one batch share the tasks that split the input, and
+a batch's rows bound the memory of a write). An index read back from storage has neither.
 """
 
 from __future__ import annotations
@@ -37,6 +42,10 @@ class IndexCopy:
     rows: np.ndarray  # (n,) int
     bounds: np.ndarray  # (n, 4) float: x0, y0, x1, y1 (a superset of the unit's points)
     reader: Callable[[int], pd.DataFrame] | None = None  # reads unit i without Dask
+    ranges: list[Any] | None = None  # lazy sorted frames (Dask delayed), one per range
+    range_units: np.ndarray | None = None  # (n_ranges + 1,) first unit of each range, end
+    # reads units of one file at once, filtered: (units, keep(level, x, y, code)) -> frame
+    read_many: Callable[..., pd.DataFrame] | None = None
 
     def table(self) -> dict[str, list]:
         """The JSON form (bounds excluded: the layouts store those as statistics)."""
@@ -63,6 +72,8 @@ class PointsIndex:
     spatial: IndexCopy
     by_feature: IndexCopy | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # ranges written together: ("spatial" | "by_feature", range number); None once stored
+    batches: list[list[tuple[str, int]]] | None = None
 
     @property
     def n_levels(self) -> int:

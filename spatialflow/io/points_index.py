@@ -12,11 +12,15 @@ SpatialData zarr layout: the element stays ordinary points that spatialdata 0.8 
     points/<name>/points_by_feature.parquet/ the feature-first copy, the same way (spatialdata
                                              reads only points.parquet and ignores it)
 
-Parquet statistics (min/max per row group) are written for every column: level, x, y and the
-feature column (dictionary strings; the codes' ranges are in the unit tables, which also carry
-the per-(level, feature) counts). Files are written by one Dask task each, in the pandas/dask
-parquet dialect (``__null_dask_index__`` for an unnamed index) so dask, spatialdata and
-spatialflow read them as they read what dask writes.
+Parquet statistics (min/max per row group) are written for level, x, y and every other
+non-dictionary column; the feature column's range of codes per row group is in the unit tables
+(which also carry the per-(level, feature) counts), not in string statistics, which cost four
+times the column's encoding. Files are written in the pandas/dask parquet dialect
+(``__null_dask_index__`` for an unnamed index) so dask, spatialdata and spatialflow read them
+as they read what dask writes. A freshly built index is written range by range (one Dask task
+converts a sorted range to Arrow once and writes it as one file, one row group per unit, by
+zero-copy slices), batch after batch (``PointsIndex.batches``), so at most one batch of rows
+is in memory; an index read from storage is rewritten unit by unit.
 
 Native Icechunk layout: the spatial-first copy is the element's own partitions; the
 feature-first copy is a second partition table ``by_feature_partitions`` (its arrays in a
@@ -72,6 +76,21 @@ def _file_groups(levels: np.ndarray, rows: np.ndarray) -> list[list[int]]:
     return groups
 
 
+def _writer(f: Any, schema: pa.Schema) -> pq.ParquetWriter:
+    """A parquet writer that dictionary-encodes only dictionary and small integer columns
+    (trying it on unique floats and ids costs more than the rest of the encoding) and keeps
+    statistics of every column but the dictionary (feature) ones: min/max of strings costs
+    four times their encoding, and the unit tables hold each unit's feature-code range."""
+    dicts = [fld.name for fld in schema if pa.types.is_dictionary(fld.type)]
+    small = dicts + [
+        fld.name for fld in schema if pa.types.is_integer(fld.type) and fld.type.bit_width <= 16
+    ]
+    stats = [fld.name for fld in schema if fld.name not in dicts]
+    return pq.ParquetWriter(
+        f, schema, compression="snappy", use_dictionary=small, write_statistics=stats
+    )
+
+
 def _write_file(fs: Any, path: str, *parts: pd.DataFrame) -> int:
     """Write ``parts`` as one parquet file, one row group each."""
     writer = None
@@ -82,7 +101,7 @@ def _write_file(fs: Any, path: str, *parts: pd.DataFrame) -> int:
             table = pa.Table.from_pandas(df, preserve_index=True)
             if writer is None:
                 f = fs.open(path, "wb")
-                writer = pq.ParquetWriter(f, table.schema, compression="snappy")
+                writer = _writer(f, table.schema)
             writer.write_table(table, row_group_size=max(1, table.num_rows))
     finally:
         if writer is not None:
@@ -91,10 +110,55 @@ def _write_file(fs: Any, path: str, *parts: pd.DataFrame) -> int:
     return len(parts)
 
 
+def _write_range(fs: Any, path: str, df: pd.DataFrame, rows: np.ndarray) -> int:
+    """Write one sorted range as one parquet file, one row group per unit of ``rows``."""
+    if df.index.name is None:
+        df = df.rename_axis(NULL_INDEX)
+    table = pa.Table.from_pandas(df, preserve_index=True)
+    if table.num_rows != int(rows.sum()):  # pragma: no cover - a bug, not a user error
+        raise FormatError(f"{path}: a range of {table.num_rows} rows for {int(rows.sum())}")
+    buf = pa.BufferOutputStream()  # encoded in memory, then one write to any filesystem
+    with _writer(buf, table.schema) as w:
+        offset = 0
+        for n in rows:
+            w.write_table(table.slice(offset, int(n)), row_group_size=int(n))
+            offset += int(n)
+    with fs.open(path, "wb") as f:
+        f.write(buf.getvalue())
+    return len(rows)
+
+
+def _write_batches(loc: Any, path: str, index: PointsIndex) -> int:
+    copies = {"spatial": ("points.parquet", index.spatial)}
+    if index.by_feature is not None:
+        copies["by_feature"] = (FEATURE_DIR, index.by_feature)
+    for dirname, _ in copies.values():
+        loc.fs.makedirs(f"{path}/{dirname}", exist_ok=True)
+    written = 0
+    for batch in index.batches or []:
+        tasks = []
+        for which, r in batch:
+            dirname, copy = copies[which]
+            assert copy.ranges is not None and copy.range_units is not None
+            a, b = int(copy.range_units[r]), int(copy.range_units[r + 1])
+            target = f"{path}/{dirname}/part.{r}.parquet"
+            tasks.append(dask.delayed(_write_range)(loc.fs, target, copy.ranges[r], copy.rows[a:b]))
+        written += sum(dask.compute(*tasks))
+    return written
+
+
 def write_index_parquet(loc: Any, path: str, el: Points) -> None:
-    """Write both copies of an indexed element's rows under ``path`` (one Dask graph)."""
+    """Write both copies of an indexed element's rows under ``path``."""
     index = el.index
     assert index is not None
+    expected = len(index.spatial.rows) + (
+        len(index.by_feature.rows) if index.by_feature is not None else 0
+    )
+    if index.batches is not None:
+        written = _write_batches(loc, path, index)
+        if written != expected:  # pragma: no cover - a bug, not a user error
+            raise FormatError(f"{path}: wrote {written} of {expected} index row groups")
+        return
     copies = [("points.parquet", index.spatial)]
     if index.by_feature is not None:
         copies.append((FEATURE_DIR, index.by_feature))
@@ -107,9 +171,6 @@ def write_index_parquet(loc: Any, path: str, el: Points) -> None:
             target = f"{directory}/part.{k}.parquet"
             tasks.append(dask.delayed(_write_file)(loc.fs, target, *[parts[i] for i in members]))
     written = dask.compute(*tasks)
-    expected = len(index.spatial.rows) + (
-        len(index.by_feature.rows) if index.by_feature is not None else 0
-    )
     if sum(written) != expected:  # pragma: no cover - a bug, not a user error
         raise FormatError(f"{path}: wrote {sum(written)} of {expected} index row groups")
 
@@ -139,10 +200,10 @@ def restore_index(
     where: str,
     el: Points,
     spatial_reader: Callable[[int], pd.DataFrame] | None,
-    by_feature: tuple[Any, np.ndarray | None, Callable[[int], pd.DataFrame] | None] | None,
+    by_feature: tuple | None,
 ) -> PointsIndex | None:
     """The index stored as ``meta`` for the element ``el`` read from storage (None if absent
-    or stale). ``by_feature`` is the feature-first copy's (frame, bounds, reader)."""
+    or stale). ``by_feature`` is the feature-first copy's (frame, bounds, reader[, read_many])."""
     if not isinstance(meta, dict):
         return None
     if meta.get("version") != INDEX_VERSION:
@@ -158,8 +219,9 @@ def restore_index(
         )
         feature = None
         if meta.get("feature_units") is not None and by_feature is not None:
-            data, bounds, reader = by_feature
+            data, bounds, reader, *many = by_feature
             feature = _copy(meta["feature_units"], data, _xy_bounds(bounds, d), reader)
+            feature.read_many = many[0] if many else None
     except (KeyError, TypeError, ValueError) as e:
         raise FormatError(f"{where}: malformed points index metadata ({e})") from e
     if len(spatial.rows) != el.npartitions or (
@@ -200,6 +262,47 @@ def parquet_readers(
     return read
 
 
+def parquet_read_many(
+    fs: Any, groups: list[tuple[str, int, Any]], categories: dict, threads: int = 8
+) -> Callable[..., pd.DataFrame]:
+    """A reader of several units at once: the row groups of each file by one pyarrow call
+    (files in a thread pool), each file's rows filtered by ``mask(table) -> bool array``, and
+    one pandas conversion of what is left (categories restored once, not per row group)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from spatialflow.io.columns import points_frame
+    from spatialflow.io.sdformat import _unreadable
+
+    table = [(f, rg) for f, rg, _ in groups]
+    footers: dict[str, Any] = {}
+
+    def one(f: str, rgs: list[int], mask: Callable[[pa.Table], np.ndarray]) -> pa.Table:
+        try:
+            with fs.open(f, "rb") as fh:
+                pf = pq.ParquetFile(fh, metadata=footers.get(f))
+                footers[f] = pf.metadata
+                data = pf.read_row_groups(rgs, use_threads=False)
+        except (OSError, pa.ArrowException, ValueError) as e:
+            raise _unreadable(f"{f} (row groups {rgs[:5]})", e, fs) from e
+        return data.filter(pa.array(mask(data), type=pa.bool_()))
+
+    def read_many(units: list[int], mask: Callable[[pa.Table], np.ndarray]) -> pd.DataFrame:
+        by_file: dict[str, list[int]] = {}
+        for i in units:  # units in order: files, then row groups, in order
+            f, rg = table[i]
+            by_file.setdefault(f, []).append(rg)
+        jobs = list(by_file.items())
+        if len(jobs) == 1:
+            parts = [one(*jobs[0], mask)]
+        else:
+            with ThreadPoolExecutor(min(threads, len(jobs))) as pool:
+                parts = list(pool.map(lambda job: one(*job, mask), jobs))
+        parts = [p for p in parts if p.num_rows] or parts[:1]
+        return points_frame(pa.concat_tables(parts), categories)
+
+    return read_many
+
+
 def native_reader(
     read_partition: Callable[..., pd.DataFrame], store: Any, parts_path: str, schema: dict
 ) -> Callable[[int], pd.DataFrame]:
@@ -227,6 +330,7 @@ def read_sd_index(
     from spatialflow.io.sdformat import _parts, _read_parquet_row_group, _row_groups
 
     reader = parquet_readers(loc.fs, groups, categories)
+    many = parquet_read_many(loc.fs, groups, categories)
     by_feature = None
     directory = loc.join(path, FEATURE_DIR)
     if (
@@ -253,8 +357,12 @@ def read_sd_index(
             data,
             bounds,
             parquet_readers(loc.fs, fgroups, categories),
+            parquet_read_many(loc.fs, fgroups, categories),
         )
-    return restore_index(meta, where, el, reader, by_feature)
+    index = restore_index(meta, where, el, reader, by_feature)
+    if index is not None:
+        index.spatial.read_many = many
+    return index
 
 
 def read_native_index(

@@ -12,13 +12,22 @@ Decisions:
 * Coordinates are quantized once to ``BITS`` = 16 bits per axis over the extent (``ix``,
   ``iy``); a level's cell is ``(ix >> (BITS - bx), iy >> (BITS - by))``, with ``bx``/``by`` its
   splits per axis, so every level is computed from the same two small integers.
-* The draw of a point at level ``l`` is ``splitmix64(hash(point key) ^ seed ^ level)`` scaled
-  to [0, 1): a pure function of the point's content and the seed, independent of how the
-  points are partitioned or ordered, and independent across levels (a point that failed at
-  level ``l`` is re-drawn at ``l + 1`` with a fresh number, as the algorithm requires).
-* The sort key of a point is ``level << 32 | morton(ix, iy)``: rows ordered by it are ordered
-  by level, then along a Z-curve at full resolution (which, for square cells, also orders by
-  the cell of every coarser level).
+* A point's content hash mixes (splitmix64) its index value, the bits of x and y, its feature
+  code and the seed (``point_state``); the draw of the point at level ``l`` is
+  ``splitmix64(hash + (l + 1) * golden)`` scaled to [0, 1): a pure function of the point's
+  content and the seed, independent of how the points are partitioned or ordered, and
+  independent across levels (a point that failed at level ``l`` is re-drawn at ``l + 1`` with
+  a fresh number, as the algorithm requires). Nothing is stored between passes: a pass at level
+  ``l`` re-draws levels ``< l`` (a few nanoseconds each), which keeps every task pure.
+* The spatial sort key of a point is ``level << 32 | morton(ix, iy)``: rows ordered by it are
+  ordered by level, then along a Z-curve at full resolution (which, for square cells, also
+  orders by the cell of every coarser level). The feature-first key is
+  ``(code * MAX_LEVELS + level) << 32 | morton(ix, iy)``. Ties are broken by the content hash,
+  then by input order (``sort_order``).
+* Every per-point kernel is one numba loop over numpy arrays that releases the GIL (``nogil``),
+  so a threaded scheduler runs them on all cores; counts are dense arrays when the grid is
+  small (at most 2**22 cells) and sorted sparse keys otherwise. Ranges are sorted by a stable
+  LSD radix sort over the bits in which their keys differ (about twice numpy's stable sort).
 
 Pure numpy/numba: no Dask, no I/O.
 """
@@ -28,22 +37,25 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from spatialflow.kernels.spatial import morton_codes
-
 __all__ = [
     "BITS",
+    "MAX_LEVELS",
     "assign_levels",
-    "cell_counts",
+    "coarse_counts",
     "grid_levels",
-    "level_keys",
-    "quantize",
-    "seeded_hash",
-    "sort_keys",
+    "group_rows",
+    "point_state",
+    "pool_counts",
+    "route_rows",
+    "sort_order",
+    "split_keys",
 ]
 
 BITS = 16
 MAX_LEVELS = 2 * BITS + 1
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+COARSE_SHIFT = 12  # coarse cells: the Z-code without its last 6 bits per axis (2**10 a side)
+DENSE_CELLS = 1 << 22
+_GOLDEN = 0x9E3779B97F4A7C15
 
 
 def grid_levels(width: float, height: float, max_bits: int = BITS) -> list[tuple[int, int]]:
@@ -68,79 +80,350 @@ def grid_levels(width: float, height: float, max_bits: int = BITS) -> list[tuple
     return out
 
 
-def quantize(
-    x: np.ndarray, y: np.ndarray, lo: tuple[float, float], hi: tuple[float, float]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Integer cell coordinates in [0, 2**BITS) over the extent ``lo``..``hi``."""
-    n = float(2**BITS)
-
-    def one(v: np.ndarray, a: float, b: float) -> np.ndarray:
-        span = b - a
-        if span <= 0:
-            return np.zeros(len(v), dtype=np.uint32)
-        q = np.floor((np.asarray(v, dtype=np.float64) - a) / span * n)
-        return np.clip(q, 0, n - 1).astype(np.uint32)
-
-    return one(x, lo[0], hi[0]), one(y, lo[1], hi[1])
-
-
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def _mix(z: np.uint64) -> np.uint64:
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     return z ^ (z >> np.uint64(31))
 
 
-@numba.njit(cache=True)
-def _seeded(h: np.ndarray, seed: np.uint64) -> np.ndarray:
-    out = np.empty(h.size, dtype=np.uint64)
-    for i in range(h.size):
-        out[i] = _mix(h[i] ^ _mix(seed + np.uint64(0x9E3779B97F4A7C15)))
-    return out
-
-
-def seeded_hash(point_hash: np.ndarray, seed: int) -> np.ndarray:
-    """Mix each point's content hash (uint64) with the seed."""
-    return _seeded(np.ascontiguousarray(point_hash, dtype=np.uint64), np.uint64(seed & (2**64 - 1)))
-
-
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def _draw(h: np.uint64, level: int) -> float:
-    z = _mix(h + np.uint64(level + 1) * np.uint64(0x9E3779B97F4A7C15))
+    z = _mix(h + np.uint64(level + 1) * np.uint64(_GOLDEN))
     return float(z >> np.uint64(11)) * (1.0 / 9007199254740992.0)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True, inline="always")
+def _level(h: np.uint64, probs: np.ndarray) -> int:
+    for lv in range(probs.size):
+        if probs[lv] >= 1.0 or _draw(h, lv) < probs[lv]:
+            return lv
+    return -1
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _spread16(v: np.uint64) -> np.uint64:
+    x = v & np.uint64(0xFFFF)
+    x = (x | (x << np.uint64(8))) & np.uint64(0x00FF00FF)
+    x = (x | (x << np.uint64(4))) & np.uint64(0x0F0F0F0F)
+    x = (x | (x << np.uint64(2))) & np.uint64(0x33333333)
+    return (x | (x << np.uint64(1))) & np.uint64(0x55555555)
+
+
+@numba.njit(cache=True, nogil=True)
+def _quantize(v: np.ndarray, a: float, span: float) -> np.ndarray:
+    out = np.zeros(v.size, dtype=np.uint16)
+    if span <= 0:
+        return out
+    scale = float(1 << BITS) / span
+    top = float((1 << BITS) - 1)
+    for i in range(v.size):
+        q = np.floor((v[i] - a) * scale)
+        out[i] = np.uint16(min(max(q, 0.0), top))
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _hash(
+    x: np.ndarray, y: np.ndarray, codes: np.ndarray, idx: np.ndarray, seed: np.uint64
+) -> np.ndarray:
+    s = _mix(seed + np.uint64(_GOLDEN))
+    xb, yb = x.view(np.uint64), y.view(np.uint64)
+    out = np.empty(x.size, dtype=np.uint32)
+    for i in range(x.size):
+        z = _mix(idx[i] ^ np.uint64(0x2545F4914F6CDD1D))
+        z = _mix(z ^ xb[i])
+        z = _mix(z ^ yb[i])
+        z = _mix(z ^ np.uint64(codes[i] + 1))
+        out[i] = np.uint32(_mix(z ^ s) >> np.uint64(32))
+    return out
+
+
+def point_state(
+    x: np.ndarray,
+    y: np.ndarray,
+    codes: np.ndarray,
+    idx: np.ndarray,
+    lo: tuple[float, float],
+    hi: tuple[float, float],
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Quantized coordinates (uint16 each, over the extent ``lo``..``hi``) and the 32-bit
+    content hash of every point (``idx``: its index value or index hash, as uint64)."""
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    y = np.ascontiguousarray(y, dtype=np.float64)
+    ix = _quantize(x, float(lo[0]), float(hi[0] - lo[0]))
+    iy = _quantize(y, float(lo[1]), float(hi[1] - lo[1]))
+    h = _hash(
+        x,
+        y,
+        np.ascontiguousarray(codes, dtype=np.int64),
+        np.ascontiguousarray(idx, dtype=np.uint64),
+        np.uint64(seed & (2**64 - 1)),
+    )
+    return ix, iy, h
+
+
+@numba.njit(cache=True, nogil=True)
 def _assign(h: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    out = np.full(h.size, -1, dtype=np.int16)
-    n_levels = probs.size
+    out = np.empty(h.size, dtype=np.int16)
     for i in range(h.size):
-        for lv in range(n_levels):
-            if probs[lv] >= 1.0 or _draw(h[i], lv) < probs[lv]:
-                out[i] = lv
-                break
+        out[i] = _level(np.uint64(h[i]), probs)
     return out
 
 
 def assign_levels(h: np.ndarray, probs: np.ndarray) -> np.ndarray:
     """The level of each point given the per-level probabilities so far; -1: still in the pool."""
-    return _assign(
-        np.ascontiguousarray(h, dtype=np.uint64), np.ascontiguousarray(probs, dtype=np.float64)
+    return _assign(np.ascontiguousarray(h), np.ascontiguousarray(probs, dtype=np.float64))
+
+
+@numba.njit(cache=True, nogil=True)
+def _pool_dense(ix, iy, h, probs, bx, by):  # type: ignore[no-untyped-def]
+    counts = np.zeros(1 << (bx + by), dtype=np.int64)
+    sx, sy = np.uint32(BITS - bx), np.uint32(BITS - by)
+    for i in range(h.size):
+        if _level(np.uint64(h[i]), probs) < 0:
+            counts[((np.uint32(iy[i]) >> sy) << np.uint32(bx)) | (np.uint32(ix[i]) >> sx)] += 1
+    return counts
+
+
+@numba.njit(cache=True, nogil=True)
+def _pool_cells(ix, iy, h, probs, bx, by):  # type: ignore[no-untyped-def]
+    cells = np.empty(h.size, dtype=np.int64)
+    sx, sy = np.uint32(BITS - bx), np.uint32(BITS - by)
+    n = 0
+    for i in range(h.size):
+        if _level(np.uint64(h[i]), probs) < 0:
+            cells[n] = np.int64(((np.uint32(iy[i]) >> sy) << np.uint32(bx)) | (ix[i] >> sx))
+            n += 1
+    return np.sort(cells[:n])
+
+
+def _sparse_sorted(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if keys.size == 0:
+        return keys.astype(np.int64), np.zeros(0, np.int64)
+    starts = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]]))
+    counts = np.diff(np.append(starts, keys.size))
+    return keys[starts].astype(np.int64), counts.astype(np.int64)
+
+
+def pool_counts(
+    ix: np.ndarray, iy: np.ndarray, h: np.ndarray, probs: np.ndarray, splits: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Occupied cells of the level with ``splits`` = (bx, by) and their counts of points still
+    in the pool after the levels of ``probs`` (sparse: cell id ``cy << bx | cx``)."""
+    bx, by = int(splits[0]), int(splits[1])
+    probs = np.ascontiguousarray(probs, dtype=np.float64)
+    if 1 << (bx + by) <= DENSE_CELLS:
+        dense = _pool_dense(ix, iy, h, probs, bx, by)
+        cells = np.flatnonzero(dense)
+        return cells.astype(np.int64), dense[cells]
+    return _sparse_sorted(_pool_cells(ix, iy, h, probs, bx, by))
+
+
+@numba.njit(cache=True, nogil=True)
+def _keys(ix, iy, h, codes, probs):  # type: ignore[no-untyped-def]
+    n = h.size
+    lv = np.empty(n, dtype=np.uint8)
+    skey = np.empty(n, dtype=np.uint64)
+    fkey = np.empty(n, dtype=np.uint64)
+    for i in range(n):
+        level = _level(np.uint64(h[i]), probs)
+        m = _spread16(np.uint64(ix[i])) | (_spread16(np.uint64(iy[i])) << np.uint64(1))
+        lv[i] = level
+        skey[i] = (np.uint64(level) << np.uint64(32)) | m
+        fkey[i] = (np.uint64(codes[i] * MAX_LEVELS + level) << np.uint64(32)) | m
+    return lv, skey, fkey
+
+
+def split_keys(
+    ix: np.ndarray, iy: np.ndarray, h: np.ndarray, codes: np.ndarray, probs: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Level (uint8), spatial key and feature-first key (uint64) of every point; ``probs``
+    are all the levels' probabilities (the last is 1)."""
+    return _keys(
+        ix,
+        iy,
+        h,
+        np.ascontiguousarray(codes, dtype=np.int64),
+        np.ascontiguousarray(probs, dtype=np.float64),
     )
 
 
-def level_keys(ix: np.ndarray, iy: np.ndarray, splits: tuple[int, int]) -> np.ndarray:
-    """Morton code of each point's cell at a level with ``splits`` = (bx, by)."""
-    bx, by = splits
-    return morton_codes(ix >> np.uint32(BITS - bx), iy >> np.uint32(BITS - by))
+@numba.njit(cache=True, nogil=True)
+def _by_code(fkey, n_codes):  # type: ignore[no-untyped-def]
+    by_feature = np.zeros(n_codes * MAX_LEVELS, dtype=np.int64)
+    for i in range(fkey.size):
+        by_feature[np.int64(fkey[i] >> np.uint64(32))] += 1
+    return by_feature
 
 
-def cell_counts(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Occupied cells and their point counts (sparse)."""
-    cells, counts = np.unique(keys, return_counts=True)
-    return cells, counts.astype(np.int64)
+@numba.njit(cache=True, nogil=True)
+def _bins(skey, bits):  # type: ignore[no-untyped-def]
+    top = (32 - COARSE_SHIFT) // 2
+    masks = np.empty(bits.size, dtype=np.uint64)
+    for lv in range(bits.size):
+        masks[lv] = ~np.uint64((1 << (2 * (top - bits[lv]))) - 1)
+    out = np.empty(skey.size, dtype=np.int64)
+    for i in range(skey.size):
+        lv = np.int64(skey[i] >> np.uint64(32))
+        out[i] = np.int64((skey[i] >> np.uint64(COARSE_SHIFT)) & masks[lv])
+    return out
 
 
-def sort_keys(levels: np.ndarray, ix: np.ndarray, iy: np.ndarray) -> np.ndarray:
-    """``level << 32 | morton(ix, iy)``: the spatial-first order of the index."""
-    return (np.asarray(levels, dtype=np.uint64) << np.uint64(32)) | morton_codes(ix, iy)
+def coarse_counts(
+    skey: np.ndarray, fkey: np.ndarray, n_levels: int, n_codes: int, bits: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Occupied coarse bins with their counts, and the (n_levels, n_codes) points per level
+    and feature code. A bin is ``skey >> COARSE_SHIFT`` (level, then a Z-cell of 2**10 a side)
+    with the Z-bits finer than ``bits[level]`` per axis cleared, so a level's histogram has at
+    most ``4 ** bits[level]`` bins. (A sort: a dense array of 2**20 bins a level costs more in
+    page faults than sorting.)"""
+    bins, counts = _sparse_sorted(np.sort(_bins(skey, np.asarray(bits, dtype=np.int64))))
+    # the feature-first key's high word is code * MAX_LEVELS + level
+    by_code = _by_code(fkey, n_codes)
+    return bins, counts, by_code.reshape(n_codes, MAX_LEVELS)[:, :n_levels].T.copy()
+
+
+@numba.njit(cache=True, nogil=True)
+def _group(ids, n_groups):  # type: ignore[no-untyped-def]
+    counts = np.zeros(n_groups + 1, dtype=np.int64)
+    for i in range(ids.size):
+        g = ids[i]
+        if 0 <= g < n_groups:
+            counts[g + 1] += 1
+    offsets = np.cumsum(counts)
+    pos = offsets[:-1].copy()
+    perm = np.empty(offsets[-1], dtype=np.int64)
+    for i in range(ids.size):
+        g = ids[i]
+        if 0 <= g < n_groups:
+            perm[pos[g]] = i
+            pos[g] += 1
+    return perm, offsets
+
+
+@numba.njit(cache=True, nogil=True)
+def _route(key, shift, starts, lut, t, a, b):  # type: ignore[no-untyped-def]
+    n_groups = b - a
+    n = key.size
+    ids = np.empty(n, dtype=np.int32)
+    counts = np.zeros(n_groups + 1, dtype=np.int64)
+    sh, tt = np.uint64(shift), np.uint64(t)
+    last = lut.size - 1
+    for i in range(n):
+        k = key[i] >> sh
+        g = lut[min(np.int64(k >> tt), last)]  # the last start <= the table cell's first key
+        while g + 1 < starts.size and starts[g + 1] <= k:
+            g += 1
+        g -= a
+        if 0 <= g < n_groups:
+            ids[i] = g
+            counts[g + 1] += 1
+        else:
+            ids[i] = -1  # a range of another batch
+    for g in range(n_groups):
+        counts[g + 1] += counts[g]
+    pos = counts[:-1].copy()
+    perm = np.empty(counts[n_groups], dtype=np.int64)
+    for i in range(n):
+        g = ids[i]
+        if g >= 0:
+            perm[pos[g]] = i
+            pos[g] += 1
+    return perm, counts
+
+
+def route_rows(
+    key: np.ndarray, shift: int, starts: np.ndarray, a: int, b: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows grouped by range ``a..b-1`` (a range is the last of ``starts`` <= key >> shift),
+    as ``group_rows`` returns them; rows of other ranges are left out. The range of a key is
+    looked up in a table of at most 2**16 cells, then stepped over the few starts inside its
+    cell (a binary search per row costs ten times more)."""
+    starts = np.ascontiguousarray(starts, dtype=np.uint64)
+    top = int(key.max() >> np.uint64(shift)) if key.size else 0
+    top = max(top, int(starts[-1]) if starts.size else 0)
+    t = max(0, top.bit_length() - 16)
+    cells = np.arange((top >> t) + 1, dtype=np.uint64) << np.uint64(t)
+    lut = (np.searchsorted(starts, cells, side="right") - 1).astype(np.int64)
+    return _route(key, int(shift), starts, lut, t, int(a), int(b))
+
+
+def group_rows(ids: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """A stable counting sort: rows of group ``g`` are ``perm[offsets[g]:offsets[g + 1]]``
+    (rows with ids outside 0..n_groups-1 are left out)."""
+    return _group(np.ascontiguousarray(ids, dtype=np.int64), int(n_groups))
+
+
+@numba.njit(cache=True, nogil=True)
+def _ties(order, sorted_key, h):  # type: ignore[no-untyped-def]
+    n = order.size
+    i = 0
+    while i < n:
+        j = i + 1
+        while j < n and sorted_key[j] == sorted_key[i]:
+            j += 1
+        if j - i > 64:  # a long run of equal keys (duplicate points): a stable sort by hash
+            seg = order[i:j].copy()
+            sub = np.argsort(h[seg], kind="mergesort")
+            order[i:j] = seg[sub]
+        elif j - i > 1:  # a short run: stable insertion sort by hash
+            for a in range(i + 1, j):
+                cur = order[a]
+                b = a - 1
+                while b >= i and h[order[b]] > h[cur]:
+                    order[b + 1] = order[b]
+                    b -= 1
+                order[b + 1] = cur
+        i = j
+    return order
+
+
+@numba.njit(cache=True, nogil=True)
+def _radix(key, lo, n_bits):  # type: ignore[no-untyped-def]
+    """Stable LSD radix argsort of ``key - lo`` (which fits in ``n_bits`` bits); the keys
+    travel with the positions so every pass reads sequentially. The histograms of all digits
+    come from one read, and a digit every key shares is skipped."""
+    n = key.size
+    passes = max(1, -(-n_bits // 12))
+    digit = -(-n_bits // passes)  # equal digits of at most 12 bits (counts stay in L1)
+    size = 1 << digit
+    mask = np.uint64(size - 1)
+    rel = key - lo
+    counts = np.zeros((passes, size + 1), dtype=np.int64)
+    for i in range(n):
+        v = rel[i]
+        for p in range(passes):
+            counts[p, np.int64((v >> np.uint64(p * digit)) & mask) + 1] += 1
+    order = np.arange(n)
+    tmp_o = np.empty(n, dtype=np.int64)
+    tmp_k = np.empty(n, dtype=np.uint64)
+    for p in range(passes):
+        c = counts[p]
+        if c.max() == n:  # every key has the same digit: the order stands
+            continue
+        for d in range(size):
+            c[d + 1] += c[d]
+        sh = np.uint64(p * digit)
+        for i in range(n):
+            d = np.int64((rel[i] >> sh) & mask)
+            q = c[d]
+            tmp_o[q] = order[i]
+            tmp_k[q] = rel[i]
+            c[d] = q + 1
+        order, tmp_o = tmp_o, order
+        rel, tmp_k = tmp_k, rel
+    return order, rel
+
+
+def sort_order(key: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """The permutation ordering rows by (key, hash, position): a stable radix sort over the
+    bits in which the keys differ, then runs of equal keys ordered by hash."""
+    key = np.ascontiguousarray(key, dtype=np.uint64)
+    if key.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    lo, hi = key.min(), key.max()
+    n_bits = int(hi - lo).bit_length()
+    order, sorted_key = _radix(key, lo, n_bits)
+    return _ties(order, sorted_key, h)
