@@ -271,7 +271,7 @@ def parquet_read_many(
     from concurrent.futures import ThreadPoolExecutor
 
     from spatialflow.io.columns import points_frame
-    from spatialflow.io.sdformat import _unreadable
+    from spatialflow.io.guards import unreadable_parquet
 
     table = [(f, rg) for f, rg, _ in groups]
     footers: dict[str, Any] = {}
@@ -283,7 +283,7 @@ def parquet_read_many(
                 footers[f] = pf.metadata
                 data = pf.read_row_groups(rgs, use_threads=False)
         except (OSError, pa.ArrowException, ValueError) as e:
-            raise _unreadable(f"{f} (row groups {rgs[:5]})", e, fs) from e
+            raise unreadable_parquet(f"{f} (row groups {rgs[:5]})", e, fs) from e
         return data.filter(pa.array(mask(data), type=pa.bool_()))
 
     def read_many(units: list[int], mask: Callable[[pa.Table], np.ndarray]) -> pd.DataFrame:
