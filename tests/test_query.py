@@ -304,7 +304,9 @@ def stored_shapes(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("path", ["kernel", "decode-all", "batches", "per-partition"])
+@pytest.mark.parametrize(
+    "path", ["kernel", "decode-all", "jit-paid-off", "batches", "per-partition"]
+)
 def test_shape_queries_read_batches_of_row_groups_and_match_spatialdata(
     stored_shapes, path, monkeypatch
 ):
@@ -315,6 +317,10 @@ def test_shape_queries_read_batches_of_row_groups_and_match_spatialdata(
         monkeypatch.setattr(geoparquet, "KERNEL_MIN_ROWS", 0)
     elif path == "decode-all":  # a fresh process with a small selection: decode every row
         monkeypatch.setattr(geoparquet, "wkb_bounds_loaded", lambda: False)
+        monkeypatch.setattr(geoparquet, "_decoded_whole", 0)
+    elif path == "jit-paid-off":  # rows decoded whole so far reach the JIT's cost: use it
+        monkeypatch.setattr(geoparquet, "wkb_bounds_loaded", lambda: False)
+        monkeypatch.setattr(geoparquet, "_decoded_whole", geoparquet.KERNEL_MIN_ROWS - 10)
     decoded: list[int] = []
     real = geoparquet.geopandas_frame
 
@@ -372,7 +378,7 @@ def test_shape_queries_read_batches_of_row_groups_and_match_spatialdata(
     assert list(polys["kind"].cat.categories) == ["a", "b", "c"]
     stored = gpd.read_parquet(f"{stored_shapes}/shapes/polys/shapes.parquet")
     assert (polys["kind"] == stored["kind"].loc[polys.index]).all()
-    if path == "kernel":  # only rows whose bounds meet the box were decoded
+    if path in ("kernel", "jit-paid-off"):  # only rows whose bounds meet the box were decoded
         assert 0 < sum(decoded) < touched * 150 / 2
     elif path == "decode-all":
         assert sum(decoded) >= touched * 150

@@ -6,8 +6,11 @@ queries prune row groups by their stored bounds), and through :class:`GeoParquet
 box, decodes only the rows that can meet it. Decoding WKB into shapely geometries is most of
 the cost of reading shapes; the bounds of every row come first from the bytes
 (:func:`~spatialflow.kernels.wkb.wkb_bounds`), and only candidate rows are decoded. A selection
-of fewer than ``KERNEL_MIN_ROWS`` rows in a process where no kernel has run yet is decoded
-whole (the caller's exact test filters it): that costs less than starting numba's JIT.
+is decoded whole (the caller's exact test filters it) while the process has not started numba's
+JIT and the rows it decoded whole so far stay under ``KERNEL_MIN_ROWS``: about what starting the
+JIT costs (0.25 s, ~150k polygons). Like renting skis until their price is spent, this never
+costs more than about twice the better choice made in hindsight: a few small queries never wait for
+the JIT, a long interactive session or one large selection pays it once.
 
 Frames are built as ``geopandas.read_parquet`` builds them (WKB or GeoArrow geometry, the index
 from the pandas metadata, a range index continued across row groups), with categorical columns
@@ -31,8 +34,9 @@ from spatialflow.kernels.wkb import column_bounds, wkb_bounds_loaded
 
 __all__ = ["KERNEL_MIN_ROWS", "GeoParquetRowGroups", "geopandas_frame", "read_shapes_row_group"]
 
-#: below this many rows, a process whose JIT has not started decodes every row
-KERNEL_MIN_ROWS = 50_000
+#: rows a process decodes whole before it starts the JIT for the bounds kernel (break-even)
+KERNEL_MIN_ROWS = 150_000
+_decoded_whole = 0  # rows decoded whole so far in this process (a statistic; races are benign)
 
 
 def read_shapes_row_group(
@@ -115,8 +119,10 @@ class GeoParquetRowGroups(FrameSource):
         encoding = str(self.geo.get("columns", {}).get(column, {}).get("encoding", ""))
         if encoding.upper() != "WKB" or column not in table.column_names:
             return None
-        if table.num_rows < KERNEL_MIN_ROWS and not wkb_bounds_loaded():
-            return None  # decoding a few rows costs less than starting the JIT
+        global _decoded_whole
+        if not wkb_bounds_loaded() and _decoded_whole + table.num_rows < KERNEL_MIN_ROWS:
+            _decoded_whole += table.num_rows
+            return None  # decoding these rows costs less than starting the JIT
         bounds = _column_bounds(table.column(column))
         if "radius" in table.column_names:
             r = table.column("radius").to_numpy(zero_copy_only=False).astype(np.float64)
