@@ -290,6 +290,7 @@ def stored_shapes(tmp_path_factory):
             "x": rng.uniform(0, 1_000, 30_000),
             "y": rng.uniform(0, 1_000, 30_000),
             "gene": pd.Categorical(rng.choice(["g1", "g2", "g3"], 30_000)),
+            "note": rng.choice(["u", "v"], 30_000),  # a plain text column
         }
     )
     path = tmp_path_factory.mktemp("shapes") / "s.zarr"
@@ -372,6 +373,7 @@ def test_shape_queries_read_batches_of_row_groups_and_match_spatialdata(
         check_dtype=False,
         check_categorical=False,
     )
+    assert points.dtypes.to_dict() == ds.points["pts"].data._meta.dtypes.to_dict()
     if path == "batches":
         assert q.points["pts"].data.npartitions > 1
     polys = q.shapes["polys"].data.compute()

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from spatialflow.elements.sources import ColumnSource, FrameColumns, RowFilter
 from spatialflow.errors import FormatError
+from spatialflow.io.guards import unreadable_parquet
 
 __all__ = [
     "NativePartitions",
@@ -134,12 +135,22 @@ class ParquetRowGroups(ColumnSource):
             self._index[name] = pd.Index(self.categories[name])
         return self._index[name]
 
-    def _open(self, path: str) -> pq.ParquetFile:
+    def _read_row_groups(
+        self, path: str, rgs: list[int], columns: list[str] | None = None
+    ) -> pa.Table:
+        """Row groups ``rgs`` of one file (memory-mapped on a local disk; otherwise through
+        the filesystem, whose file is closed after the read)."""
         protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
         dictionary = [self.names.get(c, c) for c in self.categories]
-        if "file" in protocols:
-            return pq.ParquetFile(path, memory_map=True, read_dictionary=dictionary)
-        return pq.ParquetFile(self.fs.open(path, "rb"), read_dictionary=dictionary)
+        try:
+            if "file" in protocols:
+                pf = pq.ParquetFile(path, memory_map=True, read_dictionary=dictionary)
+                return pf.read_row_groups(rgs, columns=columns)
+            with self.fs.open(path, "rb") as f:
+                pf = pq.ParquetFile(f, read_dictionary=dictionary)
+                return pf.read_row_groups(rgs, columns=columns)
+        except (OSError, pa.ArrowException, ValueError) as e:
+            raise unreadable_parquet(f"{path} (row groups {rgs[0]}..{rgs[-1]})", e, self.fs) from e
 
     def read(self, k: int, columns: Sequence[str]) -> dict[str, np.ndarray]:
         return self.read_many([k], columns)
@@ -149,13 +160,7 @@ class ParquetRowGroups(ColumnSource):
         tables = []
         stored = [self.names.get(c, c) for c in columns]
         for path, rgs in self._runs(ks):
-            try:
-                tables.append(self._open(path).read_row_groups(rgs, columns=stored))
-            except (OSError, pa.ArrowException, ValueError) as e:
-                raise FormatError(
-                    f"{path} (row groups {rgs[0]}..{rgs[-1]}): cannot read columns "
-                    f"{list(columns)} ({e})"
-                ) from e
+            tables.append(self._read_row_groups(path, rgs, stored))
         table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
         return {
             name: arrow_codes(table.column(file_name), self._cats(name))
@@ -172,11 +177,7 @@ class ParquetRowGroups(ColumnSource):
         runs = self._runs(ks)
 
         def one(run: tuple[str, list[int]]) -> pa.Table:
-            path, rgs = run
-            try:
-                return self._open(path).read_row_groups(rgs)
-            except (OSError, pa.ArrowException, ValueError) as e:
-                raise FormatError(f"{path} (row groups {rgs}): cannot read ({e})") from e
+            return self._read_row_groups(*run)
 
         if len(runs) == 1:
             tables = [one(runs[0])]

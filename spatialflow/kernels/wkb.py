@@ -57,8 +57,9 @@ def _u32(data: np.ndarray, pos: int, little: bool) -> int:
 
 @numba.njit(cache=True, inline="always")
 def _f64(data: np.ndarray, pos: int, little: bool, scratch: np.ndarray) -> float:
+    swap = little != _LITTLE_HOST
     for i in range(8):
-        scratch[i] = data[pos + i] if little else data[pos + 7 - i]
+        scratch[i] = data[pos + 7 - i] if swap else data[pos + i]
     return scratch.view(np.float64)[0]
 
 

@@ -235,8 +235,9 @@ def _points(
         # tasks read batches of row groups straight (in parallel) and filter them; no graph
         # of one task per row group to build, optimize and schedule
         batches = _batches(parts, src.rows, BATCH_ROWS["points"])
+        dtypes = el.data._meta.dtypes.to_dict()
         data = dd.from_delayed(
-            [dask.delayed(_read_and_select)(src, b, *select) for b in batches],
+            [dask.delayed(_read_and_select)(src, b, *select, dtypes) for b in batches],
             meta=el.data._meta,
             verify_meta=False,
         )
@@ -262,8 +263,13 @@ def _read_and_select(
     keep: _InRegion,
     feature_key: str | None,
     features: list | None,
+    dtypes: dict[str, Any],
 ) -> pd.DataFrame:
-    return _features(source.read_frame(parts, keep), feature_key, features)
+    df = _features(source.read_frame(parts, keep), feature_key, features)
+    # pandas builds text columns as its default string dtype, the dask reader as the one
+    # dask's string conversion picks: keep the element's dtypes
+    wrong = {c: t for c, t in dtypes.items() if c in df.columns and df[c].dtype != t}
+    return df.astype(wrong) if wrong else df
 
 
 def _batches(parts: list[int], rows: Callable[[int], int | None], limit: int) -> list[list[int]]:

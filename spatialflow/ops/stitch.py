@@ -305,7 +305,9 @@ def solve(
                 rows[r]["reason"] = (
                     f"unconfirmed: the only link between two parts, quality < {BRIDGE_QUALITY}"
                 )
-            elif rows[r]["tile_a"] in guarded or rows[r]["tile_b"] in guarded:
+            elif k not in sol.removed_order and (
+                rows[r]["tile_a"] in guarded or rows[r]["tile_b"] in guarded
+            ):
                 rows[r]["reason"] = "a tile of the pair moved beyond max_shift"
         else:
             per_tile[edges[k].a].append(sol.residuals[k])

@@ -318,7 +318,10 @@ def lower_register(node: RegisterNode) -> Delayed:
     token = tokenize(
         node.channel, [(arrays[p.a, p.level].name, arrays[p.b, p.level].name) for p in node.pairs]
     )
-    token = tokenize(token, [(p.box_a, p.box_b, p.expected, p.max_shift) for p in node.pairs])
+    token = tokenize(
+        token,
+        [(p.level, p.box_a, p.box_b, p.expected, p.max_shift, p.resample) for p in node.pairs],
+    )
     name = f"register-pairs-{token}"
     layer: dict[Any, Any] = {}
     for k, p in enumerate(node.pairs):
