@@ -44,7 +44,7 @@ class IndexCopy:
     reader: Callable[[int], pd.DataFrame] | None = None  # reads unit i without Dask
     ranges: list[Any] | None = None  # lazy sorted frames (Dask delayed), one per range
     range_units: np.ndarray | None = None  # (n_ranges + 1,) first unit of each range, end
-    # reads units of one file at once, filtered: (units, keep(level, x, y, code)) -> frame
+    # reads several units at once, filtered before pandas: (units, RowFilter) -> frame
     read_many: Callable[..., pd.DataFrame] | None = None
 
     def table(self) -> dict[str, list]:

@@ -37,6 +37,9 @@ class FrameColumns(Mapping[str, np.ndarray]):
     def __init__(self, df: pd.DataFrame) -> None:
         self._df = df
 
+    def __contains__(self, name: object) -> bool:
+        return name in self._df.columns
+
     def __getitem__(self, name: str) -> np.ndarray:
         col = self._df[name]
         if isinstance(col.dtype, pd.CategoricalDtype):

@@ -122,6 +122,7 @@ class ParquetRowGroups(ColumnSource):
         self.names = dict(names or {})
         self.reads_frames = not self.names  # stored names differ: frames come via dask
         self._index: dict[str, pd.Index] = {}
+        self._footers: dict[str, Any] = {}  # each file's footer, parsed once
 
     @property
     def npartitions(self) -> int:
@@ -142,12 +143,17 @@ class ParquetRowGroups(ColumnSource):
         the filesystem, whose file is closed after the read)."""
         protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
         dictionary = [self.names.get(c, c) for c in self.categories]
+        footer = self._footers.get(path)
         try:
             if "file" in protocols:
-                pf = pq.ParquetFile(path, memory_map=True, read_dictionary=dictionary)
+                pf = pq.ParquetFile(
+                    path, memory_map=True, read_dictionary=dictionary, metadata=footer
+                )
+                self._footers[path] = pf.metadata
                 return pf.read_row_groups(rgs, columns=columns)
             with self.fs.open(path, "rb") as f:
-                pf = pq.ParquetFile(f, read_dictionary=dictionary)
+                pf = pq.ParquetFile(f, read_dictionary=dictionary, metadata=footer)
+                self._footers[path] = pf.metadata
                 return pf.read_row_groups(rgs, columns=columns)
         except (OSError, pa.ArrowException, ValueError) as e:
             raise unreadable_parquet(f"{path} (row groups {rgs[0]}..{rgs[-1]})", e, self.fs) from e
@@ -202,6 +208,7 @@ class ParquetRowGroups(ColumnSource):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_index"] = {}
+        state["_footers"] = {}
         return state
 
 
@@ -211,8 +218,14 @@ class _ArrowColumns(Mapping[str, np.ndarray]):
     def __init__(self, table: pa.Table, source: ParquetRowGroups) -> None:
         self._table = table
         self._source = source
+        self._names = set(table.column_names)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self._source.names.get(name, name) in self._names
 
     def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self:
+            raise KeyError(name)
         column = self._table.column(self._source.names.get(name, name))
         if name in self._source.categories:
             return arrow_codes(column, self._source._cats(name))

@@ -238,69 +238,19 @@ def restore_index(
 
 def parquet_readers(
     fs: Any, groups: list[tuple[str, int, Any]], categories: dict
-) -> Callable[[int], pd.DataFrame]:
-    """A reader of unit i = row group ``groups[i]`` (no Dask). Each file's footer is read
-    once and kept, so a query reads the row groups it needs and nothing else."""
-    from spatialflow.io.columns import points_frame
-    from spatialflow.io.guards import unreadable_parquet
+) -> tuple[Callable[[int], pd.DataFrame], Callable[..., pd.DataFrame]]:
+    """Readers (no Dask) of unit i = row group ``groups[i]``, and of several units at once
+    filtered by a RowFilter before any pandas frame is built (``read_many(units, keep)``), both
+    through one parquet source: each file's footer is parsed once and kept, and the row groups
+    of each file are read by one call, files in parallel."""
+    from spatialflow.io.columns import ParquetRowGroups
 
-    table = [(f, rg) for f, rg, _ in groups]
-    footers: dict[str, Any] = {}
-
-    def read(i: int) -> pd.DataFrame:
-        f, rg = table[i]
-        try:
-            md = footers.get(f)
-            with fs.open(f, "rb") as fh:
-                pf = pq.ParquetFile(fh, metadata=md)
-                footers[f] = pf.metadata
-                data = pf.read_row_group(rg)
-        except (OSError, pa.ArrowException, ValueError) as e:
-            raise unreadable_parquet(f"{f} (row group {rg})", e, fs) from e
-        return points_frame(data, categories)
-
-    return read
+    source = ParquetRowGroups(fs, [(f, rg) for f, rg, _ in groups], categories)
+    return partial(_read_unit, source), source.read_frame
 
 
-def parquet_read_many(
-    fs: Any, groups: list[tuple[str, int, Any]], categories: dict, threads: int = 8
-) -> Callable[..., pd.DataFrame]:
-    """A reader of several units at once: the row groups of each file by one pyarrow call
-    (files in a thread pool), each file's rows filtered by ``mask(table) -> bool array``, and
-    one pandas conversion of what is left (categories restored once, not per row group)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from spatialflow.io.columns import points_frame
-    from spatialflow.io.guards import unreadable_parquet
-
-    table = [(f, rg) for f, rg, _ in groups]
-    footers: dict[str, Any] = {}
-
-    def one(f: str, rgs: list[int], mask: Callable[[pa.Table], np.ndarray]) -> pa.Table:
-        try:
-            with fs.open(f, "rb") as fh:
-                pf = pq.ParquetFile(fh, metadata=footers.get(f))
-                footers[f] = pf.metadata
-                data = pf.read_row_groups(rgs, use_threads=False)
-        except (OSError, pa.ArrowException, ValueError) as e:
-            raise unreadable_parquet(f"{f} (row groups {rgs[:5]})", e, fs) from e
-        return data.filter(pa.array(mask(data), type=pa.bool_()))
-
-    def read_many(units: list[int], mask: Callable[[pa.Table], np.ndarray]) -> pd.DataFrame:
-        by_file: dict[str, list[int]] = {}
-        for i in units:  # units in order: files, then row groups, in order
-            f, rg = table[i]
-            by_file.setdefault(f, []).append(rg)
-        jobs = list(by_file.items())
-        if len(jobs) == 1:
-            parts = [one(*jobs[0], mask)]
-        else:
-            with ThreadPoolExecutor(min(threads, len(jobs))) as pool:
-                parts = list(pool.map(lambda job: one(*job, mask), jobs))
-        parts = [p for p in parts if p.num_rows] or parts[:1]
-        return points_frame(pa.concat_tables(parts), categories)
-
-    return read_many
+def _read_unit(source: Any, i: int) -> pd.DataFrame:
+    return source.read_frame([i])
 
 
 def native_reader(
@@ -329,8 +279,7 @@ def read_sd_index(
 
     from spatialflow.io.sdformat import _parts, _read_parquet_row_group, _row_groups
 
-    reader = parquet_readers(loc.fs, groups, categories)
-    many = parquet_read_many(loc.fs, groups, categories)
+    reader, many = parquet_readers(loc.fs, groups, categories)
     by_feature = None
     directory = loc.join(path, FEATURE_DIR)
     if (
@@ -353,12 +302,7 @@ def read_sd_index(
         )
         fb = [b for _, _, b in fgroups]
         bounds = None if any(b is None for b in fb) else np.vstack(fb)
-        by_feature = (
-            data,
-            bounds,
-            parquet_readers(loc.fs, fgroups, categories),
-            parquet_read_many(loc.fs, fgroups, categories),
-        )
+        by_feature = (data, bounds, *parquet_readers(loc.fs, fgroups, categories))
     index = restore_index(meta, where, el, reader, by_feature)
     if index is not None:
         index.spatial.read_many = many

@@ -223,7 +223,6 @@ def viewport_query(
         box,
         m,
         int(copy_rows(copy, units)),
-        list(el.feature_categories) if codes is not None else None,
     )
     return LazyViewport(el, plan, copy)
 

@@ -19,6 +19,7 @@ box, every row reported at level 0.
 from __future__ import annotations
 
 import html
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,7 @@ import pandas as pd
 
 from spatialflow.elements.points import Points
 from spatialflow.elements.points_index import LEVEL, IndexCopy
+from spatialflow.elements.sources import FrameColumns
 
 __all__ = ["DIRECT_UNITS", "LazyViewport", "ViewportPlan", "plan_units"]
 
@@ -49,7 +51,6 @@ class ViewportPlan:
     box: tuple[float, float, float, float]  # in the target coordinate system
     matrix: np.ndarray  # the element's space -> target, 3x3 affine on x, y
     rows: int  # rows the units hold
-    cats: Any = None  # the feature's categories (codes index them)
 
     def explain_lines(self) -> list[str]:
         return [
@@ -87,52 +88,34 @@ def plan_units(
     return np.flatnonzero(keep)
 
 
-def _mask_arrow(table: Any, plan: ViewportPlan, feature_key: str | None) -> np.ndarray:
-    """The rows of a pyarrow table that ``plan`` keeps (before any pandas conversion)."""
-    n = table.num_rows
-    keep = np.ones(n, dtype=bool)
-    if n == 0:
+@dataclass(frozen=True)
+class _InViewport:
+    """The row filter of a viewport query over a RowFilter's columns (numbers as numpy, the
+    feature as int32 codes into the element's categories): levels <= max_level, the planned
+    feature codes, positions inside the box (inclusive) in the query's space."""
+
+    plan: ViewportPlan
+    feature_key: str | None
+
+    def __call__(self, columns: Mapping[str, np.ndarray]) -> np.ndarray:
+        plan = self.plan
+        x = np.asarray(columns["x"], dtype=np.float64)
+        y = np.asarray(columns["y"], dtype=np.float64)
+        m, b = plan.matrix, plan.box
+        tx = m[0, 0] * x + m[0, 1] * y + m[0, 2]
+        ty = m[1, 0] * x + m[1, 1] * y + m[1, 2]
+        keep = (tx >= b[0]) & (tx <= b[2]) & (ty >= b[1]) & (ty <= b[3])
+        if LEVEL in columns:
+            keep &= columns[LEVEL] <= plan.max_level
+        if plan.codes is not None and self.feature_key is not None:
+            keep &= np.isin(columns[self.feature_key], plan.codes)
         return keep
-    names = table.column_names
-    if LEVEL in names:
-        keep &= table[LEVEL].to_numpy() <= plan.max_level
-    if plan.codes is not None and feature_key is not None and feature_key in names:
-        wanted = set(np.asarray(plan.cats)[plan.codes].tolist())
-        hits = []
-        for chunk in table[feature_key].chunks:  # dictionary chunks: test the dictionary once
-            if hasattr(chunk, "dictionary"):
-                ok = np.array([v in wanted for v in chunk.dictionary.to_pylist()] + [False])
-                idx = chunk.indices.fill_null(-1).to_numpy(zero_copy_only=False)
-                hits.append(ok[idx])
-            else:
-                hits.append(np.array([v in wanted for v in chunk.to_pylist()], dtype=bool))
-        keep &= np.concatenate(hits)
-    x = table["x"].to_numpy().astype(np.float64, copy=False)
-    y = table["y"].to_numpy().astype(np.float64, copy=False)
-    m = plan.matrix
-    tx = m[0, 0] * x + m[0, 1] * y + m[0, 2]
-    ty = m[1, 0] * x + m[1, 1] * y + m[1, 2]
-    b = plan.box
-    keep &= (tx >= b[0]) & (tx <= b[2]) & (ty >= b[1]) & (ty <= b[3])
-    return keep
 
 
 def _filter(df: pd.DataFrame, plan: ViewportPlan, feature_key: str | None) -> pd.DataFrame:
     if len(df) == 0:
         return df
-    keep = np.ones(len(df), dtype=bool)
-    if LEVEL in df.columns:
-        keep &= df[LEVEL].to_numpy() <= plan.max_level
-    if plan.codes is not None and feature_key is not None:
-        keep &= np.isin(np.asarray(df[feature_key].cat.codes), plan.codes)
-    x = df["x"].to_numpy(dtype=np.float64)
-    y = df["y"].to_numpy(dtype=np.float64)
-    m = plan.matrix
-    tx = m[0, 0] * x + m[0, 1] * y + m[0, 2]
-    ty = m[1, 0] * x + m[1, 1] * y + m[1, 2]
-    b = plan.box
-    keep &= (tx >= b[0]) & (tx <= b[2]) & (ty >= b[1]) & (ty <= b[3])
-    return df[keep]
+    return df[_InViewport(plan, feature_key)(FrameColumns(df))]
 
 
 class LazyViewport:
@@ -168,8 +151,7 @@ class LazyViewport:
             tasks = [dask.delayed(_filter)(blocks[i], self.plan, fk) for i in units]
             parts = list(dask.compute(*tasks, **kwargs))
         elif self.plan.direct and self._copy.read_many is not None:  # one read per file
-            plan, fk_ = self.plan, fk
-            parts = [self._copy.read_many(units, lambda t: _mask_arrow(t, plan, fk_))]
+            parts = [self._copy.read_many(units, _InViewport(self.plan, fk))]
         elif self.plan.direct:
             with ThreadPoolExecutor(min(_THREADS, len(units))) as pool:
                 parts = list(pool.map(self._read, units))
