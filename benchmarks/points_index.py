@@ -150,7 +150,7 @@ def main() -> None:
         t1 = time.perf_counter()
         out = sf.Dataset()
         out.points["tx"] = el
-        out.write(target)
+        out.write(target, overwrite=True)  # as spatialdata writes its side
         cpu["build"] = time.process_time() - c0
         return time.perf_counter() - t0, t1 - t0
 
