@@ -10,14 +10,14 @@ Design decisions:
   small to register well). Candidates come from a k-d tree on the box centres (O(n log n)).
 * One Dask task per pair, plus one gathering the list. A pair's windows are the predicted
   overlap grown by ``max_shift`` on every side, clipped to each tile, on the pyramid level
-  chosen so the larger window stays under ``max_pixels`` (4 Mpx). The task depends directly on
-  the chunk keys of that level its windows meet and assembles/cuts them itself: no slicing
-  graph per window (building ~4,000 sliced arrays and delayed calls made planning 1,024 tiles
-  take many seconds). Tiles whose relative placement is not a pure translation have tile b's
+  chosen so the larger window stays under ``max_pixels`` (4 Mpx). The task reads its two
+  windows itself (:class:`TileWindow`): no slicing graph per window is built while planning
+  (~4,000 sliced arrays made planning 1,024 tiles take many seconds), and no tile chunk is held
+  by the scheduler between its consumers. Tiles whose relative placement is not a pure translation have tile b's
   window resampled into tile a's grid inside the task. Tile geometry (shapes per level, pixel
   size) is computed once per tile.
-* Fusion: one task per output chunk; it receives, for each tile whose placed box meets the
-  chunk, only the tile window (scale 0) that the chunk maps back to, plus one pixel of margin.
+* Fusion: one task per output chunk; it reads, for each tile whose placed box meets the chunk,
+  only the tile window (scale 0) that the chunk maps back to, plus one pixel of margin.
   The output grid is the union of the placed tiles, ``output_spacing`` per pixel (default the
   first tile's pixel size), its origin snapped to a multiple of the spacing so integer
   placements stay integer.
@@ -253,50 +253,42 @@ class RegisterNode(Node):
 
 
 # --- lowering: registration ----------------------------------------------------------------------
-def _block_keys(arr: da.Array, box: tuple[np.ndarray, np.ndarray], channel: int) -> tuple:
-    """The chunk keys of ``arr`` (c, *spatial) that hold ``box`` of channel ``channel``, as a
-    nested list (np.block order), and where the box starts/ends in their assembly."""
-    c_edges = np.cumsum((0, *arr.chunks[0]))
-    ci = int(np.searchsorted(c_edges, channel, side="right") - 1)
-    ranges, start = [], []
-    for edges_, lo, hi in zip((np.cumsum((0, *c)) for c in arr.chunks[1:]), *box, strict=True):
-        i0 = min(int(np.searchsorted(edges_, lo, side="right") - 1), len(edges_) - 2)
-        i1 = max(i0 + 1, int(np.searchsorted(edges_, hi, side="left")))
-        ranges.append(range(i0, i1))
-        start.append(int(lo - edges_[i0]))
+class TileWindow:
+    """A window of a tile array, read inside the task that uses it.
 
-    def nest(prefix: tuple[int, ...], axis: int) -> Any:
-        if axis == len(ranges):
-            return (arr.name, ci, *prefix)
-        return [nest((*prefix, i), axis + 1) for i in ranges[axis]]
+    Tasks read their windows themselves (a synchronous compute of the window's few chunks)
+    instead of depending on the tile's chunk tasks: a chunk shared by several pairs or output
+    blocks would otherwise stay in memory until its last consumer ran, and on a large mosaic
+    the scheduler then holds most of it at once (1 GB of tiles peaked at 1 GB). A chunk may be
+    read more than once; memory stays at a few windows per running task. Slicing happens in
+    the task too, so planning builds no graph per window. (A plain class, not a dataclass:
+    ``dask.delayed`` would unpack a dataclass and make the array a dependency again.)"""
 
-    size = [int(h - lo) for lo, h in zip(*box, strict=True)]
-    geometry = np.array([channel - int(c_edges[ci]), *start, *size], dtype=np.int64)
-    return nest((), 0), geometry
+    __slots__ = ("array", "index")
+
+    def __init__(self, array: da.Array, index: tuple[Any, ...]) -> None:
+        self.array = array
+        self.index = index
+
+    def read(self) -> np.ndarray:
+        return np.asarray(self.array[self.index].compute(scheduler="sync"))
+
+    def __dask_tokenize__(self) -> tuple[str, str]:
+        return (self.array.name, repr(self.index))
 
 
-def _assemble(blocks: Any, geometry: np.ndarray) -> np.ndarray:
-    d = (len(geometry) - 1) // 2
-    c, start, size = int(geometry[0]), geometry[1 : 1 + d], geometry[1 + d :]
-
-    def pick(x: Any) -> Any:
-        return [pick(v) for v in x] if isinstance(x, list) else np.asarray(x)[c]
-
-    whole = np.block(pick(blocks))
-    return whole[tuple(slice(int(s), int(s + n)) for s, n in zip(start, size, strict=True))]
+def _box_index(channel: int, box: tuple[np.ndarray, np.ndarray]) -> tuple[Any, ...]:
+    return (channel, *(slice(int(lo), int(hi)) for lo, hi in zip(*box, strict=True)))
 
 
 def _pair_task(
-    blocks_a: Any,
-    geometry_a: np.ndarray,
-    blocks_b: Any,
-    geometry_b: np.ndarray,
+    win_a: TileWindow,
+    win_b: TileWindow,
     expected: np.ndarray,
     max_shift: np.ndarray,
     resample: np.ndarray | None,
 ) -> dict[str, Any]:
-    win_a, win_b = _assemble(blocks_a, geometry_a), _assemble(blocks_b, geometry_b)
-    m = register_pair(win_a, win_b, expected, max_shift, resample=resample)
+    m = register_pair(win_a.read(), win_b.read(), expected, max_shift, resample=resample)
     return {
         "lag": m.lag,
         "quality": m.quality,
@@ -308,8 +300,8 @@ def _pair_task(
 
 def lower_register(node: RegisterNode) -> Delayed:
     """One Delayed: the list of pair measurements (dicts: lag, quality, overlap, at_limit,
-    ambiguity). One task per pair, fed directly with the tile chunks its windows meet (no
-    slicing graph per window), plus one task gathering the list."""
+    ambiguity). One task per pair, which reads its two windows itself, plus one task
+    gathering the list."""
     arrays: dict[tuple[int, int], da.Array] = {}
     for p in node.pairs:
         for t in (p.a, p.b):
@@ -325,12 +317,11 @@ def lower_register(node: RegisterNode) -> Delayed:
     name = f"register-pairs-{token}"
     layer: dict[Any, Any] = {}
     for k, p in enumerate(node.pairs):
-        keys_a, geo_a = _block_keys(arrays[p.a, p.level], p.box_a, node.channel)
-        keys_b, geo_b = _block_keys(arrays[p.b, p.level], p.box_b, node.channel)
-        task = (_pair_task, keys_a, geo_a, keys_b, geo_b, p.expected, p.max_shift, p.resample)
-        layer[(name, k)] = task
+        win_a = TileWindow(arrays[p.a, p.level], _box_index(node.channel, p.box_a))
+        win_b = TileWindow(arrays[p.b, p.level], _box_index(node.channel, p.box_b))
+        layer[(name, k)] = (_pair_task, win_a, win_b, p.expected, p.max_shift, p.resample)
     layer[name] = (list, [(name, k) for k in range(len(node.pairs))])
-    graph = HighLevelGraph.from_collections(name, layer, dependencies=list(arrays.values()))
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=[])
     return Delayed(name, graph)
 
 
@@ -371,12 +362,12 @@ def _fuse_task(
     shape: tuple[int, ...],
     lead: tuple[int, ...],
     dtype: np.dtype,
-    windows: list[np.ndarray],
+    windows: list[TileWindow],
     metas: list[tuple[np.ndarray, np.ndarray, np.ndarray, float]],
     blending: str | None,
 ) -> np.ndarray:
     sources = [
-        Source(np.asarray(w), off, ts, back)
+        Source(w.read(), off, ts, back)
         for w, (off, ts, back, _) in zip(windows, metas, strict=True)
     ]
     width = metas[0][3] if metas else 1.0
@@ -417,7 +408,8 @@ def lower_fuse(
             if np.any(w_hi <= w_lo):
                 continue
             arr = tiles[i].element.scale(0).data
-            windows.append(arr[(Ellipsis, *[slice(a, b) for a, b in zip(w_lo, w_hi, strict=True)])])
+            index = (Ellipsis, *[slice(int(a), int(b)) for a, b in zip(w_lo, w_hi, strict=True)])
+            windows.append(TileWindow(arr, index))
             tile_width = width * float(np.mean(grid.spacing)) / tiles[i].pixel_size
             metas.append((w_lo.astype(np.float64), shapes[i], backs[i], tile_width))
         n_reads += len(windows)
