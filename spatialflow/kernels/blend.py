@@ -65,6 +65,10 @@ def _edge_distance(coords: list[np.ndarray], shape: np.ndarray) -> np.ndarray:
     return dist
 
 
+#: output pixels resampled at once (bounds the temporaries of a block's resampling)
+STRIP_PIXELS = 1 << 16
+
+
 def fuse_block(
     lo: np.ndarray,
     shape: tuple[int, ...],
@@ -132,8 +136,6 @@ def _add_resampled(
     blending: str | None,
     width: float,
 ) -> None:
-    from scipy.ndimage import map_coordinates
-
     # only the part of the block the tile's placed box covers (a block meets many tiles; a
     # full-block grid per tile made fusing 1,000 small tiles quadratic)
     fwd = np.linalg.inv(src.back)
@@ -143,6 +145,32 @@ def _add_resampled(
     b_hi = np.clip(np.ceil(placed.max(axis=0)).astype(int) + 1, 0, shape)
     if np.any(b_hi <= b_lo):
         return
+    win = src.window
+    lead = win.shape[: win.ndim - d]
+    planes = {c: np.asarray(win[c], dtype=np.float64) for c in itertools.product(*map(range, lead))}
+    # strips along the first axis: the sampling temporaries (~15 float64 values per output
+    # pixel) stay a few MB instead of ~130 MB for a 1024^2 block
+    rows = max(1, STRIP_PIXELS // max(1, int(np.prod(b_hi[1:] - b_lo[1:]))))
+    for r0 in range(int(b_lo[0]), int(b_hi[0]), rows):
+        s_lo, s_hi = b_lo.copy(), b_hi.copy()
+        s_lo[0], s_hi[0] = r0, min(int(b_hi[0]), r0 + rows)
+        _add_resampled_box(acc, wsum, src, planes, lo, s_lo, s_hi, d, blending, width)
+
+
+def _add_resampled_box(
+    acc: np.ndarray,
+    wsum: np.ndarray,
+    src: Source,
+    planes: dict[tuple[int, ...], np.ndarray],
+    lo: np.ndarray,
+    b_lo: np.ndarray,
+    b_hi: np.ndarray,
+    d: int,
+    blending: str | None,
+    width: float,
+) -> None:
+    from scipy.ndimage import map_coordinates
+
     sub = tuple(slice(int(i), int(j)) for i, j in zip(b_lo, b_hi, strict=True))
     sub_shape = tuple(int(j - i) for i, j in zip(b_lo, b_hi, strict=True))
     grids = np.meshgrid(
@@ -157,14 +185,12 @@ def _add_resampled(
     tp_in = tp[:, inside]
     w = ramp(_edge_distance(list(tp_in), src.tile_shape), width, blending)
     idx = tp_in - 0.5 - src.offset[:, None]  # window array indices of the sample points
-    win = src.window
-    lead = win.shape[: win.ndim - d]
     flat_out = np.nonzero(inside)[0]
     w_sub = np.zeros(sub_shape)
     w_sub.reshape(-1)[flat_out] = w
     wsum[sub] += w_sub
-    for c in itertools.product(*[range(n) for n in lead]):
-        vals = map_coordinates(np.asarray(win[c], dtype=np.float64), idx, order=1, mode="nearest")
+    for c, plane in planes.items():
+        vals = map_coordinates(plane, idx, order=1, mode="nearest")
         v_sub = np.zeros(sub_shape)
         v_sub.reshape(-1)[flat_out] = vals * w
         acc[c][sub] += v_sub
