@@ -75,8 +75,10 @@ def highpass(x: np.ndarray, fine: float = 1.0, coarse: float = 8.0) -> np.ndarra
     this both the peak search and the NCC quality would reward it."""
     from scipy.ndimage import gaussian_filter
 
-    x = np.asarray(x, dtype=np.float64)
-    return gaussian_filter(x, fine, mode="reflect") - gaussian_filter(x, coarse, mode="reflect")
+    x = np.asarray(x)
+    out = gaussian_filter(x, fine, output=np.float64, mode="reflect")
+    out -= gaussian_filter(x, coarse, output=np.float64, mode="reflect")
+    return out
 
 
 def ncc(a: np.ndarray, b: np.ndarray, lag: np.ndarray) -> tuple[float, int]:
@@ -100,13 +102,19 @@ def ncc(a: np.ndarray, b: np.ndarray, lag: np.ndarray) -> tuple[float, int]:
     return float(np.dot(x, y) / den), int(x.size)
 
 
-def _box_sums(x: np.ndarray, lags: list[np.ndarray], other: tuple[int, ...]) -> np.ndarray:
-    """For every lag of the grid ``lags`` (one 1D array per axis): the sum of ``x`` over its part
-    of the common region with a window of shape ``other`` placed at that lag, by a summed-area
-    table (inclusion-exclusion over the box corners)."""
+def _box_sums(
+    x: np.ndarray, lags: list[np.ndarray], other: tuple[int, ...], *, square: bool = False
+) -> np.ndarray:
+    """For every lag of the grid ``lags`` (one 1D array per axis): the sum of ``x`` (of ``x**2``
+    with ``square``) over its part of the common region with a window of shape ``other`` placed
+    at that lag, by a summed-area table (inclusion-exclusion over the box corners)."""
     d = x.ndim
     table = np.zeros(tuple(n + 1 for n in x.shape))
-    table[(slice(1, None),) * d] = x
+    inner = table[(slice(1, None),) * d]
+    if square:
+        np.square(x, out=inner)
+    else:
+        inner[...] = x
     for ax in range(d):
         np.cumsum(table, axis=ax, out=table)
     lo = [np.clip(lg, 0, n) for lg, n in zip(lags, x.shape, strict=True)]
@@ -130,15 +138,22 @@ def ncc_map(a: np.ndarray, b: np.ndarray, lags: list[np.ndarray]) -> tuple[np.nd
         sfft.next_fast_len(int(min(na + nb, max(na, nb) + int(np.max(np.abs(lg), initial=0)))))
         for na, nb, lg in zip(a.shape, b.shape, lags, strict=True)
     )
-    cross = sfft.irfftn(sfft.rfftn(a, shape) * np.conj(sfft.rfftn(b, shape)), shape)
+    spec = sfft.rfftn(a, shape)  # the spectra are the task's largest arrays: one at a time
+    other_spec = sfft.rfftn(b, shape)
+    np.conjugate(other_spec, out=other_spec)
+    spec *= other_spec
+    del other_spec
+    cross = sfft.irfftn(spec, shape, overwrite_x=True)
+    del spec
     s_ab = cross[np.ix_(*[lg % n for lg, n in zip(lags, shape, strict=True)])]
+    del cross
     count = np.ones(())
     for lg, na, nb in zip(lags, a.shape, b.shape, strict=True):
         c = np.clip(np.minimum(na, nb + lg) - np.maximum(0, lg), 0, None).astype(np.float64)
         count = np.multiply.outer(count, c)
     neg = [-lg for lg in lags]
-    s_a, s_aa = _box_sums(a, lags, b.shape), _box_sums(a * a, lags, b.shape)
-    s_b, s_bb = _box_sums(b, neg, a.shape), _box_sums(b * b, neg, a.shape)
+    s_a, s_aa = _box_sums(a, lags, b.shape), _box_sums(a, lags, b.shape, square=True)
+    s_b, s_bb = _box_sums(b, neg, a.shape), _box_sums(b, neg, a.shape, square=True)
     n = np.maximum(count, 1.0)
     with np.errstate(invalid="ignore", divide="ignore"):
         cov = s_ab - s_a * s_b / n
@@ -222,8 +237,7 @@ def measure_shift(
 ) -> PairMeasurement:
     """Register window ``b`` to window ``a`` to an integer lag plus a parabolic sub-pixel
     estimate (see the module doc for the convention and the score)."""
-    raw_a = np.asarray(a, dtype=np.float64)
-    raw_b = np.asarray(b, dtype=np.float64)
+    raw_a, raw_b = np.asarray(a), np.asarray(b)  # as given: _crop_score converts its cuts
     a, b = highpass(raw_a), highpass(raw_b)
     d = a.ndim
     expected = np.asarray(expected, dtype=np.float64).reshape(d)
@@ -382,8 +396,7 @@ def register_windows(
     sides cut first and band-passed alike (on raw windows the smooth background dominates the
     fit and noise moved weakly structured pairs by 1-2 px). A refinement that leaves the
     correlation peak by more than a pixel is not trusted (the parabolic estimate stays)."""
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
+    a, b = np.asarray(a), np.asarray(b)  # any dtype: the band-pass converts what it cuts
     first = measure_shift(a, b, expected, max_shift)
     if first.overlap == 0:
         return first
@@ -412,11 +425,11 @@ def register_pair(
     """:func:`register_windows`, after resampling ``b`` onto ``a``'s grid when ``resample``
     (homogeneous: a-window index -> b-window index) is given; points outside ``b`` take
     ``b``'s mean (they carry no structure)."""
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
+    a, b = np.asarray(a), np.asarray(b)
     if resample is not None:
         from scipy.ndimage import map_coordinates
 
+        b = b.astype(np.float64, copy=False)
         d = a.ndim
         grids = np.meshgrid(*[np.arange(n, dtype=np.float64) for n in a.shape], indexing="ij")
         pts = np.stack([g.ravel() for g in grids])

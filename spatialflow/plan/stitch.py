@@ -21,6 +21,10 @@ Design decisions:
   The output grid is the union of the placed tiles, ``output_spacing`` per pixel (default the
   first tile's pixel size), its origin snapped to a multiple of the spacing so integer
   placements stay integer.
+* Pair and fusion tasks end by handing freed heap pages back to the OS (plan/heap.py): their
+  5-20 MB temporaries otherwise stay resident once glibc's mmap threshold has risen (8x8 tiles
+  of 2048^2, two threads: registration peak 0.74 -> 0.61 GB, fusion 0.70 -> 0.57 GB, together
+  with windows kept in their stored dtype and in-place spectra in kernels/phasecorr.py).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from spatialflow.elements.raster import Image
 from spatialflow.errors import PlanError
 from spatialflow.kernels.blend import Source, fuse_block
 from spatialflow.kernels.phasecorr import register_pair
+from spatialflow.plan.heap import release_freed_memory
 from spatialflow.plan.nodes import Node
 
 __all__ = [
@@ -289,6 +294,7 @@ def _pair_task(
     resample: np.ndarray | None,
 ) -> dict[str, Any]:
     m = register_pair(win_a.read(), win_b.read(), expected, max_shift, resample=resample)
+    release_freed_memory()
     return {
         "lag": m.lag,
         "quality": m.quality,
@@ -371,7 +377,10 @@ def _fuse_task(
         for w, (off, ts, back, _) in zip(windows, metas, strict=True)
     ]
     width = metas[0][3] if metas else 1.0
-    return fuse_block(lo, shape, lead, np.dtype(dtype), sources, blending, width)
+    block = fuse_block(lo, shape, lead, np.dtype(dtype), sources, blending, width)
+    del sources
+    release_freed_memory()
+    return block
 
 
 def lower_fuse(
