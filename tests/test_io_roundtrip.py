@@ -114,6 +114,25 @@ def test_written_store_keeps_consolidated_metadata_true(sf_written):
     assert labels["ome"]["labels"] == ["lab"]
 
 
+def test_points_columns_are_encoded_for_reading(sd_store, sf_written):
+    """Coordinates plain (their dictionary would be as large as the values), categorical and
+    integer columns dictionary-encoded, an integer index delta-encoded."""
+    import pyarrow.parquet as pq
+
+    part = next((sf_written / "points" / "transcripts" / "points.parquet").glob("*.parquet"))
+    meta = pq.ParquetFile(part).metadata
+    group = meta.row_group(0)
+    encodings = {
+        group.column(i).path_in_schema: set(group.column(i).encodings)
+        for i in range(group.num_columns)
+    }
+    for axis in ("x", "y", "z"):
+        assert "RLE_DICTIONARY" not in encodings[axis]
+    assert "RLE_DICTIONARY" in encodings["gene"]
+    index = next(c for c in encodings if c not in sf.read(sd_store).points["transcripts"].data)
+    assert "DELTA_BINARY_PACKED" in encodings[index]
+
+
 def test_mapaxis_on_3d_points_keeps_z(sd_store, sf_written):
     """spatialdata's mapAxis lists only the axes it moves; z passes through."""
     t = sf.read(sd_store).points["transcripts"].transforms["swapped"]
