@@ -110,11 +110,9 @@ def _write_file(fs: Any, path: str, *parts: pd.DataFrame) -> int:
     return len(parts)
 
 
-def _write_range(fs: Any, path: str, df: pd.DataFrame, rows: np.ndarray) -> int:
-    """Write one sorted range as one parquet file, one row group per unit of ``rows``."""
-    if df.index.name is None:
-        df = df.rename_axis(NULL_INDEX)
-    table = pa.Table.from_pandas(df, preserve_index=True)
+def _write_range(fs: Any, path: str, table: pa.Table, rows: np.ndarray) -> int:
+    """Write one sorted range (an Arrow table with pandas metadata) as one parquet file, one
+    row group per unit of ``rows``."""
     if table.num_rows != int(rows.sum()):  # pragma: no cover - a bug, not a user error
         raise FormatError(f"{path}: a range of {table.num_rows} rows for {int(rows.sum())}")
     buf = pa.BufferOutputStream()  # encoded in memory, then one write to any filesystem

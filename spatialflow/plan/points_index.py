@@ -48,6 +48,7 @@ import dask
 import dask.dataframe as dd
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from spatialflow.elements.points import Points
 from spatialflow.elements.points_index import INDEX_VERSION, LEVEL, IndexCopy, PointsIndex
@@ -64,6 +65,7 @@ from spatialflow.kernels.morton import (
     sort_order,
     split_keys,
 )
+from spatialflow.plan.index_columns import Layout, concat_take, table_frame
 
 __all__ = ["BATCH_ROWS", "RANGE_ROWS", "build_index"]
 
@@ -94,48 +96,60 @@ def _state(df: pd.DataFrame, lo: tuple, hi: tuple, seed: int, fk: str | None) ->
     return ix, iy, h, codes
 
 
-def _slim(df: pd.DataFrame, lo: tuple, hi: tuple, seed: int, fk: str | None) -> tuple:
+def _slim(
+    df: pd.DataFrame, lo: tuple, hi: tuple, seed: int, fk: str | None, layout: Layout | None
+) -> tuple:
+    """The slim state of a partition, and with ``layout`` its columns too (kept for the
+    shuffle, which then does not read the input again)."""
     ix, iy, h, codes = _state(df, lo, hi, seed, fk)
-    return ix, iy, h, codes.astype(np.int16 if codes.size == 0 or codes.max() < 2**15 else np.int32)
+    codes = codes.astype(np.int16 if codes.size == 0 or codes.max() < 2**15 else np.int32)
+    return ix, iy, h, codes, None if layout is None else layout.columns(df)
 
 
 def _pool_counts(state: tuple, probs: np.ndarray, splits: tuple[int, int]) -> tuple:
-    ix, iy, h, _ = state
+    ix, iy, h = state[:3]
     return pool_counts(ix, iy, h, probs, splits)
 
 
 def _final_counts(state: tuple, probs: np.ndarray, n_codes: int, bits: np.ndarray) -> tuple:
-    ix, iy, h, codes = state
+    ix, iy, h, codes = state[:4]
     _, skey, fkey = split_keys(ix, iy, h, codes, probs)
     return coarse_counts(skey, fkey, len(probs), n_codes, bits)
 
 
 def _split(
-    df: pd.DataFrame,
+    src: pd.DataFrame | tuple,
     lo: tuple,
     hi: tuple,
     seed: int,
     fk: str | None,
     probs: np.ndarray,
+    layout: Layout,
     wanted: dict[str, tuple[np.ndarray, int, int]],
 ) -> dict[tuple[str, int], tuple]:
-    """Split one input partition into pieces (frame, key, hash) of the ranges of a batch.
-    ``wanted``: per copy, the start key of every range and the batch's range numbers a..b."""
-    ix, iy, h, codes = _state(df, lo, hi, seed, fk)
+    """Split one input partition (a frame, or its kept state and columns) into pieces
+    (columns, key, hash) of the ranges of a batch. ``wanted``: per copy, the start key of
+    every range and the batch's range numbers a..b."""
+    if isinstance(src, tuple):
+        ix, iy, h, codes, cols = src
+    else:
+        ix, iy, h, codes = _state(src, lo, hi, seed, fk)
+        cols = layout.columns(src)
     lv, skey, fkey = split_keys(ix, iy, h, codes, probs)
-    df = df.assign(**{LEVEL: lv})
+    cols = list(cols)
+    cols[layout.names.index(LEVEL)] = lv
     out: dict[tuple[str, int], tuple] = {}
     for order, (starts, a, b) in wanted.items():
         key = skey if order == "s" else fkey
         perm, offsets = route_rows(key, _SHIFT[order], starts, a, b)
         if perm.size == 0:
             continue
-        taken = df.take(perm)
+        taken = concat_take([cols], perm)
         k, hh = key[perm], h[perm]
         for j in range(b - a):
             s, e = int(offsets[j]), int(offsets[j + 1])
             if e > s:
-                out[(order, a + j)] = (taken.iloc[s:e], k[s:e], hh[s:e])
+                out[(order, a + j)] = ([c[s:e] for c in taken], k[s:e], hh[s:e])
     return out
 
 
@@ -146,22 +160,18 @@ def _piece(split: dict, order: str, r: int) -> tuple | None:
     return split.get((order, r))
 
 
-def _assemble(meta: pd.DataFrame, *pieces: tuple | None) -> pd.DataFrame:
-    """One range: its pieces in input order, sorted (stable) by (key, hash)."""
+def _assemble(layout: Layout, *pieces: tuple | None) -> pa.Table:
+    """One range: its pieces in input order, sorted (stable) by (key, hash), as Arrow."""
     got = [p for p in pieces if p is not None]
     if not got:
-        return meta
-    if len(got) == 1:
-        df, key, h = got[0]
-    else:
-        df = pd.concat([p[0] for p in got])
-        key = np.concatenate([p[1] for p in got])
-        h = np.concatenate([p[2] for p in got])
-    return df.take(sort_order(key, h))
+        return layout.schema.empty_table()
+    key = got[0][1] if len(got) == 1 else np.concatenate([p[1] for p in got])
+    h = got[0][2] if len(got) == 1 else np.concatenate([p[2] for p in got])
+    return layout.table(concat_take([p[0] for p in got], sort_order(key, h)))
 
 
-def _unit(frame: pd.DataFrame, a: int, b: int) -> pd.DataFrame:
-    return frame.iloc[a:b]
+def _unit(table: pa.Table, a: int, b: int) -> pd.DataFrame:
+    return table_frame(table.slice(a, b - a))
 
 
 # --- planning on the client -----------------------------------------------------------------
@@ -345,7 +355,7 @@ def _ranges(rows: np.ndarray) -> np.ndarray:
 
 
 def _shuffle(
-    parts: list[Any], copies: dict[str, tuple], meta: pd.DataFrame, args: tuple
+    parts: list[Any], copies: dict[str, tuple], meta: pd.DataFrame, layout: Layout, args: tuple
 ) -> dict[str, Any]:
     """The lazy ranges and unit partitions of each copy, and the batches of ranges."""
     order_name = {"s": "spatial", "f": "by_feature"}
@@ -371,8 +381,10 @@ def _shuffle(
             rs = [r for o, r in batch if o == order]
             if rs:
                 wanted[order] = (plans[order][0], rs[0], rs[-1] + 1)
-        splits = [dask.delayed(_split)(p, *args[:5], wanted) for p in parts]
-        for (order, r), assembled in zip(batch, _assemble_layer(splits, batch, meta), strict=True):
+        splits = [dask.delayed(_split)(p, *args[:5], layout, wanted) for p in parts]
+        for (order, r), assembled in zip(
+            batch, _assemble_layer(splits, batch, layout), strict=True
+        ):
             ranges[order][r] = assembled
     out: dict[str, Any] = {"batches": [[(order_name[o], r) for o, r in batch] for batch in batches]}
     for order, (_, firsts, _) in plans.items():
@@ -381,7 +393,7 @@ def _shuffle(
     return out
 
 
-def _assemble_layer(splits: list[Any], batch: list[tuple[str, int]], meta: Any) -> list[Any]:
+def _assemble_layer(splits: list[Any], batch: list[tuple[str, int]], layout: Layout) -> list[Any]:
     """The lazy range frames of a batch: one piece task per (input, range), one assemble
     task per range, written as one graph layer (``dask.delayed`` costs ~80 us a call, and
     10^8 points make ~20,000 pieces)."""
@@ -396,7 +408,7 @@ def _assemble_layer(splits: list[Any], batch: list[tuple[str, int]], meta: Any) 
             key = (f"{name}-piece", order, r, i)
             layer[key] = (_piece, split.key, order, r)
             pieces.append(key)
-        layer[(name, order, r)] = (_assemble, meta, *pieces)
+        layer[(name, order, r)] = (_assemble, layout, *pieces)
     graph = HighLevelGraph.from_collections(name, layer, dependencies=splits)
     return [Delayed((name, order, r), graph, layer=name) for order, r in batch]
 
@@ -420,6 +432,16 @@ def _units(ranges: list[Any], firsts: np.ndarray, rows: np.ndarray, meta: Any, o
     return dd.from_delayed(units, meta=meta, verify_meta=False)
 
 
+def _fits_one_batch(el: Points) -> bool:
+    """Whether the element's rows are known (without reading it) to fit one batch of both
+    copies: then the first pass keeps the input's columns and the input is read once."""
+    source = el.column_source
+    if source is None:
+        return False
+    rows = [source.rows(k) for k in range(el.npartitions)]
+    return all(r is not None for r in rows) and 2 * sum(rows) <= BATCH_ROWS
+
+
 def build_index(el: Points, *, limit: int, seed: int, row_group_rows: int, name: str) -> Points:
     """The indexed copy of ``el`` (statistics computed now, rows lazy)."""
     if el.npartitions == 0:
@@ -437,12 +459,21 @@ def build_index(el: Points, *, limit: int, seed: int, row_group_rows: int, name:
     cats = el.feature_categories
     n_codes = max(1, len(cats))
     parts = el.data.to_delayed()
-    states = list(dask.persist(*[dask.delayed(_slim)(p, lo, hi, seed, fk) for p in parts]))
+    meta = el.data._meta.assign(**{LEVEL: np.array([], dtype=np.uint8)})
+    layout = Layout.of(meta)
+    keep = _fits_one_batch(el)  # then the shuffle takes the columns kept by the first pass
+    states = list(
+        dask.persist(
+            *[dask.delayed(_slim)(p, lo, hi, seed, fk, layout if keep else None) for p in parts]
+        )
+    )
     probs, grid, max_counts, totals = _levels(states, hi[0] - lo[0], hi[1] - lo[1], limit)
     bits = _coarse_bits(grid, probs, totals, limit, row_group_rows)
     ((bins, counts, by_feature),) = dask.compute(
         _tree([dask.delayed(_final_counts)(s, probs, n_codes, bits) for s in states], _merge_final)
     )
+    if keep:
+        parts = states
     del states
     bins = bins.astype(np.uint64)
     s_starts, s_levels, s_rows, s_boxes = _spatial_cuts(bins, counts, row_group_rows, lo, hi, bits)
@@ -451,8 +482,7 @@ def build_index(el: Points, *, limit: int, seed: int, row_group_rows: int, name:
         f_starts, f_info = _feature_cuts(by_feature, row_group_rows)
         info = np.array(f_info, dtype=np.int64).reshape(-1, 5)
         copies["f"] = (f_starts.astype(np.uint64), info[:, 4])
-    meta = el.data._meta.assign(**{LEVEL: np.array([], dtype=np.uint8)})
-    built = _shuffle(parts, copies, meta, (lo, hi, seed, fk, probs))
+    built = _shuffle(parts, copies, meta, layout, (lo, hi, seed, fk, probs))
     data, s_ranges, s_range_units = built["s"]
     levels_desc = []
     total = by_feature.sum(axis=1)

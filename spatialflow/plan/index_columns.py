@@ -1,0 +1,146 @@
+"""The rows of the points-index shuffle as plain columns, and the sorted ranges as Arrow tables.
+
+Decisions:
+
+* **No pandas between the input and parquet.** An input partition is taken apart once into
+  one array per column (``Layout.columns``): numpy arrays for numpy-typed columns and the
+  index, the codes of categorical columns (their categories are the element's, known on the
+  client), and Arrow arrays for anything else (strings, nullable extension types). Pieces
+  and ranges move these arrays with ``np.take`` / ``np.concatenate`` (both release the GIL
+  for numeric types, so the threaded scheduler runs them on both cores); pandas' ``take`` and
+  ``concat`` cost about twice as much here (block managers, category checks) and hold the GIL.
+* **A sorted range is an Arrow table** with the schema pandas would give the frame (its
+  ``pandas`` metadata included: an unnamed index is the column ``__null_dask_index__``, as
+  dask writes it), built zero-copy from the sorted columns; categorical columns become
+  dictionary arrays of the element's categories. The writer (io/points_index.py) writes it
+  as it is; a unit that must be a pandas frame (queries of a fresh index) is converted from
+  its slice of the table.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+__all__ = ["NULL_INDEX", "Layout", "concat_take", "table_frame"]
+
+NULL_INDEX = "__null_dask_index__"
+
+
+def _kind(dtype: Any) -> str:
+    if isinstance(dtype, pd.CategoricalDtype):
+        return "cat"
+    if isinstance(dtype, np.dtype) and dtype.kind in "biufmM":
+        return "num"
+    return "arrow"
+
+
+class Layout:
+    """How a frame of ``meta``'s schema becomes columns and an Arrow table (built on the
+    client from the element's meta, sent to every task; a plain class, not a dataclass, so
+    Dask passes it through without traversing it)."""
+
+    def __init__(
+        self, names: list[str], kinds: list[str], schema: pa.Schema, dictionaries: dict
+    ) -> None:
+        self.names = names  # frame columns, then the index
+        self.kinds = kinds  # "num" | "cat" | "arrow" per name
+        self.schema = schema
+        self.dictionaries = dictionaries  # position -> (categories as Arrow, as pandas)
+
+    @classmethod
+    def of(cls, meta: pd.DataFrame) -> Layout:
+        named = meta if meta.index.name is not None else meta.rename_axis(NULL_INDEX)
+        schema = pa.Schema.from_pandas(named, preserve_index=True)
+        names = [*map(str, meta.columns), str(named.index.name)]
+        kinds = [_kind(meta[c].dtype) for c in meta.columns] + [_kind(meta.index.dtype)]
+        pandas_meta = schema.pandas_metadata
+        dictionaries = {}
+        for i, c in enumerate(meta.columns):
+            if kinds[i] != "cat":
+                continue
+            # an empty meta's codes are int8 whatever its categories: take the codes type and
+            # the values type pandas gives a frame of these categories
+            cats = meta[c].cat.categories
+            codes = pd.Categorical.from_codes(np.array([-1]), categories=cats).codes
+            values = pa.array(cats, from_pandas=True)
+            if pa.types.is_null(values.type):  # no categories at all
+                values = values.cast(pa.string())
+            kind = pa.dictionary(pa.from_numpy_dtype(codes.dtype), values.type)
+            schema = schema.set(i, schema.field(i).with_type(kind))
+            pandas_meta["columns"][i]["numpy_type"] = str(codes.dtype)
+            dictionaries[i] = (values, cats)
+        if [f.name for f in schema] != names:  # pragma: no cover - pandas' order is this one
+            raise AssertionError(f"unexpected Arrow column order {schema.names} for {names}")
+        schema = schema.with_metadata({b"pandas": json.dumps(pandas_meta).encode()})
+        return cls(names, kinds, schema, dictionaries)
+
+    def columns(self, df: pd.DataFrame, skip: str = "level") -> list[Any]:
+        """One array per name of ``df`` (a partition of the element); None for ``skip`` (the
+        column the index adds, filled in later)."""
+        out: list[Any] = []
+        for i, name in enumerate(self.names[:-1]):
+            if name == skip:
+                out.append(None)
+                continue
+            s = df[name]
+            if self.kinds[i] == "cat":
+                cats = self.dictionaries[i][1]
+                if not s.cat.categories.equals(cats):
+                    s = s.cat.set_categories(cats)
+                out.append(np.asarray(s.cat.codes))
+            elif self.kinds[i] == "num":
+                out.append(s.to_numpy())
+            else:
+                out.append(pa.Array.from_pandas(s, type=self.schema.field(name).type))
+        if self.kinds[-1] == "num":
+            out.append(df.index.to_numpy())
+        else:
+            out.append(pa.Array.from_pandas(df.index.to_series(), type=self.schema[-1].type))
+        return out
+
+    def table(self, cols: list[Any]) -> pa.Table:
+        """The Arrow table of sorted columns (zero-copy for numeric ones)."""
+        arrays = []
+        for i, (col, field) in enumerate(zip(cols, self.schema, strict=True)):
+            kind = self.kinds[i]
+            if kind == "cat":
+                codes = pa.array(col.astype(field.type.index_type.to_pandas_dtype(), copy=False))
+                dictionary = self.dictionaries[i][0]
+                arrays.append(pa.DictionaryArray.from_arrays(codes, dictionary, from_pandas=True))
+            elif kind == "num":
+                arrays.append(pa.array(col, type=field.type, from_pandas=True))
+            else:
+                arrays.append(col)
+        return pa.Table.from_arrays(arrays, schema=self.schema)
+
+
+def take(col: Any, order: np.ndarray) -> Any:
+    if isinstance(col, np.ndarray):
+        return col.take(order)
+    return col.take(pa.array(order))
+
+
+def concat_take(pieces: list[list[Any]], order: np.ndarray | None) -> list[Any]:
+    """The columns of ``pieces`` concatenated (in order), rows taken by ``order``."""
+    out = []
+    for j in range(len(pieces[0])):
+        parts = [p[j] for p in pieces]
+        if isinstance(parts[0], np.ndarray):
+            col = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        else:
+            col = parts[0] if len(parts) == 1 else pa.concat_arrays(parts)
+        out.append(col if order is None else take(col, order))
+    return out
+
+
+def table_frame(table: pa.Table) -> pd.DataFrame:
+    """A (slice of a) sorted range as the pandas frame of the element's meta."""
+    df = table.to_pandas()
+    if df.index.name == NULL_INDEX:
+        df.index.name = None
+    return df
