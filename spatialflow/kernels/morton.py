@@ -42,6 +42,7 @@ __all__ = [
     "MAX_LEVELS",
     "assign_levels",
     "coarse_counts",
+    "gather",
     "grid_levels",
     "group_rows",
     "point_state",
@@ -427,3 +428,20 @@ def sort_order(key: np.ndarray, h: np.ndarray) -> np.ndarray:
     n_bits = int(hi - lo).bit_length()
     order, sorted_key = _radix(key, lo, n_bits)
     return _ties(order, sorted_key, h)
+
+
+@numba.njit(cache=True, nogil=True)
+def _gather(src, order, out):  # type: ignore[no-untyped-def]
+    for i in range(order.size):
+        out[i] = src[order[i]]
+    return out
+
+
+def gather(src: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """``src[order]`` for a 1-d numeric array, without the GIL (``np.take`` holds it, so
+    threads taking columns run one at a time; this is also a quarter cheaper)."""
+    if src.dtype.kind not in "biuf" or src.ndim != 1:
+        return src.take(order)
+    return _gather(
+        src, np.ascontiguousarray(order, dtype=np.int64), np.empty(order.size, src.dtype)
+    )

@@ -26,6 +26,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from spatialflow.kernels.morton import gather
+
 __all__ = ["NULL_INDEX", "Layout", "concat_take", "table_frame"]
 
 NULL_INDEX = "__null_dask_index__"
@@ -121,7 +123,7 @@ class Layout:
 
 def take(col: Any, order: np.ndarray) -> Any:
     if isinstance(col, np.ndarray):
-        return col.take(order)
+        return gather(col, order)
     return col.take(pa.array(order))
 
 

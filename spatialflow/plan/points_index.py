@@ -58,6 +58,7 @@ from spatialflow.kernels.morton import (
     COARSE_SHIFT,
     MAX_LEVELS,
     coarse_counts,
+    gather,
     grid_levels,
     point_state,
     pool_counts,
@@ -145,7 +146,7 @@ def _split(
         if perm.size == 0:
             continue
         taken = concat_take([cols], perm)
-        k, hh = key[perm], h[perm]
+        k, hh = gather(key, perm), gather(h, perm)
         for j in range(b - a):
             s, e = int(offsets[j]), int(offsets[j + 1])
             if e > s:
