@@ -50,6 +50,7 @@ __all__ = [
     "route_rows",
     "sort_order",
     "split_keys",
+    "unit_order",
 ]
 
 BITS = 16
@@ -444,4 +445,53 @@ def gather(src: np.ndarray, order: np.ndarray) -> np.ndarray:
         return src.take(order)
     return _gather(
         src, np.ascontiguousarray(order, dtype=np.int64), np.empty(order.size, src.dtype)
+    )
+
+
+@numba.njit(cache=True, nogil=True)
+def _unit_order(offsets, starts, key, h):  # type: ignore[no-untyped-def]
+    n_pieces, n_units = offsets.shape[0], offsets.shape[1] - 1
+    order = np.empty(key.size, dtype=np.int64)
+    pos = 0
+    for u in range(n_units):
+        s = pos
+        for p in range(n_pieces):
+            for i in range(starts[p] + offsets[p, u], starts[p] + offsets[p, u + 1]):
+                order[pos] = i
+                pos += 1
+        m = pos - s
+        if m <= 1:
+            continue
+        rows = order[s:pos].copy()
+        ku = np.empty(m, dtype=np.uint64)
+        hu = np.empty(m, dtype=h.dtype)
+        for i in range(m):
+            ku[i] = key[rows[i]]
+            hu[i] = h[rows[i]]
+        lo = ku.min()
+        span = ku.max() - lo
+        n_bits = 0
+        while span > 0:
+            n_bits += 1
+            span >>= np.uint64(1)
+        sub, rel = _radix(ku, lo, n_bits)
+        sub = _ties(sub, rel, hu)
+        for i in range(m):
+            order[s + i] = rows[sub[i]]
+    return order
+
+
+def unit_order(
+    offsets: np.ndarray, starts: np.ndarray, key: np.ndarray, h: np.ndarray
+) -> np.ndarray:
+    """The permutation ordering concatenated pieces by (key, hash, position), when each piece
+    is already grouped by unit (unit ``u`` of piece ``p``: rows ``starts[p] + offsets[p, u]``
+    to ``starts[p] + offsets[p, u + 1]``) and units partition the keys in order: the rows of a
+    unit are gathered piece by piece, then sorted alone (a few thousand rows, in cache), which
+    is about half the cost of sorting the whole range."""
+    return _unit_order(
+        np.ascontiguousarray(offsets, dtype=np.int64),
+        np.ascontiguousarray(starts, dtype=np.int64),
+        np.ascontiguousarray(key, dtype=np.uint64),
+        np.ascontiguousarray(h),
     )

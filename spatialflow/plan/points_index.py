@@ -63,8 +63,8 @@ from spatialflow.kernels.morton import (
     point_state,
     pool_counts,
     route_rows,
-    sort_order,
     split_keys,
+    unit_order,
 )
 from spatialflow.plan.index_columns import Layout, concat_take, table_frame
 
@@ -126,11 +126,12 @@ def _split(
     fk: str | None,
     probs: np.ndarray,
     layout: Layout,
-    wanted: dict[str, tuple[np.ndarray, int, int]],
+    wanted: dict[str, tuple[np.ndarray, np.ndarray, int]],
 ) -> dict[tuple[str, int], tuple]:
     """Split one input partition (a frame, or its kept state and columns) into pieces
-    (columns, key, hash) of the ranges of a batch. ``wanted``: per copy, the start key of
-    every range and the batch's range numbers a..b."""
+    (columns, key, hash, unit offsets) of the ranges of a batch, each piece grouped by unit.
+    ``wanted``: per copy, the start keys of the batch's units and of the next unit, the first
+    unit of each of its ranges (and the end), and its first range number."""
     if isinstance(src, tuple):
         ix, iy, h, codes, cols = src
     else:
@@ -140,17 +141,19 @@ def _split(
     cols = list(cols)
     cols[layout.names.index(LEVEL)] = lv
     out: dict[tuple[str, int], tuple] = {}
-    for order, (starts, a, b) in wanted.items():
+    for order, (starts, firsts, a) in wanted.items():
         key = skey if order == "s" else fkey
-        perm, offsets = route_rows(key, _SHIFT[order], starts, a, b)
+        firsts = firsts - firsts[0]
+        perm, offsets = route_rows(key, _SHIFT[order], starts, 0, int(firsts[-1]))
         if perm.size == 0:
             continue
         taken = concat_take([cols], perm)
         k, hh = gather(key, perm), gather(h, perm)
-        for j in range(b - a):
-            s, e = int(offsets[j]), int(offsets[j + 1])
+        for j in range(len(firsts) - 1):
+            units = offsets[firsts[j] : firsts[j + 1] + 1]
+            s, e = int(units[0]), int(units[-1])
             if e > s:
-                out[(order, a + j)] = ([c[s:e] for c in taken], k[s:e], hh[s:e])
+                out[(order, a + j)] = ([c[s:e] for c in taken], k[s:e], hh[s:e], units - s)
     return out
 
 
@@ -162,13 +165,16 @@ def _piece(split: dict, order: str, r: int) -> tuple | None:
 
 
 def _assemble(layout: Layout, *pieces: tuple | None) -> pa.Table:
-    """One range: its pieces in input order, sorted (stable) by (key, hash), as Arrow."""
+    """One range: its pieces in input order, sorted (stable) by (key, hash), as Arrow; each
+    unit's rows are gathered from the pieces and sorted alone (``unit_order``)."""
     got = [p for p in pieces if p is not None]
     if not got:
         return layout.schema.empty_table()
     key = got[0][1] if len(got) == 1 else np.concatenate([p[1] for p in got])
     h = got[0][2] if len(got) == 1 else np.concatenate([p[2] for p in got])
-    return layout.table(concat_take([p[0] for p in got], sort_order(key, h)))
+    starts = np.concatenate([[0], np.cumsum([len(p[1]) for p in got])])
+    order = unit_order(np.stack([p[3] for p in got]), starts, key, h)
+    return layout.table(concat_take([p[0] for p in got], order))
 
 
 def _unit(table: pa.Table, a: int, b: int) -> pd.DataFrame:
@@ -364,7 +370,7 @@ def _shuffle(
     for order, (starts, rows) in copies.items():
         firsts = _ranges(rows)
         sizes = np.add.reduceat(rows, firsts[:-1]) if len(rows) else np.zeros(0, np.int64)
-        plans[order] = (starts[firsts[:-1]], firsts, sizes)
+        plans[order] = (starts, firsts, sizes)
     # batches: consecutive ranges (spatial, then feature-first) up to BATCH_ROWS rows
     batches: list[list[tuple[str, int]]] = []
     cur = 0
@@ -381,7 +387,10 @@ def _shuffle(
         for order in plans:
             rs = [r for o, r in batch if o == order]
             if rs:
-                wanted[order] = (plans[order][0], rs[0], rs[-1] + 1)
+                starts, firsts, _ = plans[order]
+                a, b = rs[0], rs[-1] + 1
+                # the batch's units, and the next unit's start (rows from there are left out)
+                wanted[order] = (starts[firsts[a] : firsts[b] + 1], firsts[a : b + 1], a)
         splits = [dask.delayed(_split)(p, *args[:5], layout, wanted) for p in parts]
         for (order, r), assembled in zip(
             batch, _assemble_layer(splits, batch, layout), strict=True
