@@ -140,14 +140,19 @@ def _write_range(fs: Any, path: str, table: pa.Table, rows: np.ndarray) -> int:
     row group per unit of ``rows``."""
     if table.num_rows != int(rows.sum()):  # pragma: no cover - a bug, not a user error
         raise FormatError(f"{path}: a range of {table.num_rows} rows for {int(rows.sum())}")
-    buf = pa.BufferOutputStream()  # encoded in memory, then one write to any filesystem
-    with _writer(buf, table.schema) as w:
+    local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+    # a local file is written by Arrow directly; elsewhere encoded in memory, then one write
+    sink = pa.OSFile(path, "wb") if local else pa.BufferOutputStream()
+    with _writer(sink, table.schema) as w:
         offset = 0
         for n in rows:
             w.write_table(table.slice(offset, int(n)), row_group_size=int(n))
             offset += int(n)
-    with fs.open(path, "wb") as f:
-        f.write(buf.getvalue())
+    if local:
+        sink.close()
+    else:
+        with fs.open(path, "wb") as f:
+            f.write(sink.getvalue())
     return len(rows)
 
 

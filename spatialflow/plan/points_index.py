@@ -188,7 +188,8 @@ def _merge_sparse(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarra
     keys = np.concatenate([k for k, _ in parts])
     counts = np.concatenate([c for _, c in parts])
     top = int(keys.max()) + 1 if keys.size else 0
-    if top <= 1 << 27:  # small key space: a dense sum
+    if top <= max(1 << 16, 4 * keys.size):  # a key space not much larger: a dense sum
+        # (a dense array far larger than the keys costs more in fresh pages than sorting)
         dense = np.bincount(keys, weights=counts, minlength=top)
         uniq = np.flatnonzero(dense)
         return uniq.astype(np.int64), dense[uniq].astype(np.int64)
