@@ -126,11 +126,13 @@ def test_same_output_for_one_and_seven_partitions(source, indexed):
 
 
 def test_ranges_and_batches_do_not_change_the_output(source, indexed, tmp_path, monkeypatch):
-    """Small ranges and batches (as at 10^8 points): the same rows, written batch by batch."""
+    """Small ranges and batches (as at 10^8 points), and sparse histograms: the same rows,
+    written batch by batch."""
     import spatialflow.plan.points_index as build
 
     monkeypatch.setattr(build, "RANGE_ROWS", 3_000)
     monkeypatch.setattr(build, "BATCH_ROWS", 20_000)
+    monkeypatch.setattr(build, "DENSE_BINS", 0)  # the sorted sparse histograms instead
     el = sf.index_points(_dataset(source, 3), "tx", limit=LIMIT, seed=3, row_group_rows=2_000)
     assert len(el.index.batches) >= 4 and len(el.index.spatial.ranges) >= 10
     ds = sf.Dataset()

@@ -41,7 +41,9 @@ __all__ = [
     "BITS",
     "MAX_LEVELS",
     "assign_levels",
+    "bin_offsets",
     "coarse_counts",
+    "coarse_histogram",
     "gather",
     "grid_levels",
     "group_rows",
@@ -49,6 +51,7 @@ __all__ = [
     "pool_counts",
     "route_rows",
     "sort_order",
+    "sparse_bins",
     "split_keys",
     "unit_order",
 ]
@@ -495,3 +498,62 @@ def unit_order(
         np.ascontiguousarray(key, dtype=np.uint64),
         np.ascontiguousarray(h),
     )
+
+
+def bin_offsets(bits: np.ndarray) -> np.ndarray:
+    """Where each level's bins start in the dense histogram of ``coarse_histogram`` (and the
+    end): level ``l`` has ``4 ** bits[l]`` bins."""
+    return np.concatenate([[0], np.cumsum(4 ** np.asarray(bits, dtype=np.int64))])
+
+
+@numba.njit(cache=True, nogil=True)
+def _histogram(ix, iy, h, codes, probs, bits, offsets, n_codes):  # type: ignore[no-untyped-def]
+    top = (32 - COARSE_SHIFT) // 2
+    hist = np.zeros(offsets[-1], dtype=np.int64)
+    by_code = np.zeros(n_codes * MAX_LEVELS, dtype=np.int64)
+    for i in range(h.size):
+        level = _level(np.uint64(h[i]), probs)
+        m = _spread16(np.uint64(ix[i])) | (_spread16(np.uint64(iy[i])) << np.uint64(1))
+        cell = np.int64(m >> np.uint64(COARSE_SHIFT + 2 * (top - bits[level])))
+        hist[offsets[level] + cell] += 1
+        by_code[np.int64(codes[i]) * MAX_LEVELS + level] += 1
+    return hist, by_code
+
+
+def coarse_histogram(
+    ix: np.ndarray,
+    iy: np.ndarray,
+    h: np.ndarray,
+    codes: np.ndarray,
+    probs: np.ndarray,
+    bits: np.ndarray,
+    n_codes: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``coarse_counts`` as one dense histogram (all levels' bins, see ``bin_offsets``) and
+    the (n_levels, n_codes) counts, straight from the state: no keys, no sort. Partial
+    histograms are summed; ``sparse_bins`` turns the total into ``coarse_counts``' bins."""
+    bits = np.asarray(bits, dtype=np.int64)
+    hist, by_code = _histogram(
+        ix,
+        iy,
+        h,
+        np.ascontiguousarray(codes),
+        np.ascontiguousarray(probs, dtype=np.float64),
+        bits,
+        bin_offsets(bits),
+        int(n_codes),
+    )
+    return hist, by_code.reshape(n_codes, MAX_LEVELS)[:, : len(bits)].T.copy()
+
+
+def sparse_bins(hist: np.ndarray, bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The occupied bins of a dense histogram as ``coarse_counts`` gives them (level in the
+    bits above 32 - COARSE_SHIFT, the Z-cell below, finer bits cleared), with counts."""
+    bits = np.asarray(bits, dtype=np.int64)
+    offsets = bin_offsets(bits)
+    idx = np.flatnonzero(hist)
+    level = np.searchsorted(offsets, idx, side="right") - 1
+    top = (32 - COARSE_SHIFT) // 2
+    cell = (idx - offsets[level]) << (2 * (top - bits[level]))
+    bins = (level.astype(np.int64) << (32 - COARSE_SHIFT)) | cell
+    return bins.astype(np.int64), hist[idx].astype(np.int64)

@@ -57,12 +57,15 @@ from spatialflow.kernels.morton import (
     BITS,
     COARSE_SHIFT,
     MAX_LEVELS,
+    bin_offsets,
     coarse_counts,
+    coarse_histogram,
     gather,
     grid_levels,
     point_state,
     pool_counts,
     route_rows,
+    sparse_bins,
     split_keys,
     unit_order,
 )
@@ -73,6 +76,7 @@ __all__ = ["BATCH_ROWS", "RANGE_ROWS", "build_index"]
 log = logging.getLogger(__name__)
 RANGE_ROWS = 1 << 20  # rows of one range: one sort task, one parquet file
 BATCH_ROWS = 48 << 20  # rows (both copies) split from the input at once
+DENSE_BINS = 1 << 23  # coarse histograms up to this many bins are dense arrays, else sparse
 
 
 # --- per-partition kernels (run on the workers) -------------------------------------------
@@ -114,6 +118,8 @@ def _pool_counts(state: tuple, probs: np.ndarray, splits: tuple[int, int]) -> tu
 
 def _final_counts(state: tuple, probs: np.ndarray, n_codes: int, bits: np.ndarray) -> tuple:
     ix, iy, h, codes = state[:4]
+    if bin_offsets(bits)[-1] <= DENSE_BINS:
+        return coarse_histogram(ix, iy, h, codes, probs, bits, n_codes)
     _, skey, fkey = split_keys(ix, iy, h, codes, probs)
     return coarse_counts(skey, fkey, len(probs), n_codes, bits)
 
@@ -218,6 +224,8 @@ def _merge_pairs(*parts: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.
 
 
 def _merge_final(*parts: tuple) -> tuple:
+    if len(parts[0]) == 2:  # dense histograms (``coarse_histogram``): sums
+        return sum(p[0] for p in parts), sum(p[1] for p in parts)
     bins, counts = _merge_sparse([(p[0], p[1]) for p in parts])
     return bins, counts, sum(p[2] for p in parts)
 
@@ -480,9 +488,14 @@ def build_index(el: Points, *, limit: int, seed: int, row_group_rows: int, name:
     )
     probs, grid, max_counts, totals = _levels(states, hi[0] - lo[0], hi[1] - lo[1], limit)
     bits = _coarse_bits(grid, probs, totals, limit, row_group_rows)
-    ((bins, counts, by_feature),) = dask.compute(
+    (total,) = dask.compute(
         _tree([dask.delayed(_final_counts)(s, probs, n_codes, bits) for s in states], _merge_final)
     )
+    if len(total) == 2:
+        bins, counts = sparse_bins(total[0], bits)
+        by_feature = total[1]
+    else:
+        bins, counts, by_feature = total
     if keep:
         parts = states
     del states
