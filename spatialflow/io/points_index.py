@@ -4,7 +4,8 @@ SpatialData zarr layout: the element stays ordinary points that spatialdata 0.8 
 
     points/<name>/zarr.json                  attrs as spatialdata writes them, plus
                                              spatialflow.points_index (the description and
-                                             the unit tables of both copies)
+                                             the unit tables of both copies; integer tables
+                                             packed, elements/points_index.pack_ints)
     points/<name>/points.parquet/part.N      the spatial-first copy: each partition of the
                                              index is exactly one row group (one level, rows
                                              in Morton order, capped); consecutive row groups
@@ -46,7 +47,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from spatialflow.elements.points import Points
-from spatialflow.elements.points_index import INDEX_VERSION, IndexCopy, PointsIndex
+from spatialflow.elements.points_index import INDEX_VERSION, IndexCopy, PointsIndex, unpack_ints
 from spatialflow.errors import FormatError
 
 __all__ = [
@@ -207,9 +208,9 @@ def write_index_parquet(loc: Any, path: str, el: Points) -> None:
 def _copy(
     table: dict[str, Any], data: Any, bounds: np.ndarray | None, reader: Callable | None
 ) -> IndexCopy:
-    levels = np.asarray(table["levels"], dtype=np.int64).reshape(-1, 2)
-    codes = np.asarray(table["codes"], dtype=np.int64).reshape(-1, 2)
-    rows = np.asarray(table["rows"], dtype=np.int64)
+    levels = unpack_ints(table["levels"]).reshape(-1, 2)
+    codes = unpack_ints(table["codes"]).reshape(-1, 2)
+    rows = unpack_ints(table["rows"]).reshape(-1)
     if bounds is None:
         bounds = np.full((len(rows), 4), -np.inf)
         bounds[:, 2:] = np.inf
@@ -234,13 +235,16 @@ def restore_index(
     or stale). ``by_feature`` is the feature-first copy's (frame, bounds, reader[, read_many])."""
     if not isinstance(meta, dict):
         return None
-    if meta.get("version") != INDEX_VERSION:
+    if meta.get("version") not in (1, INDEX_VERSION):
         raise FormatError(
             f"{where}: unknown points index version {meta.get('version')!r} (this spatialflow "
             f"reads version {INDEX_VERSION}); upgrade spatialflow or rebuild the index"
         )
     try:
         description = {k: v for k, v in meta.items() if k not in ("spatial_units", "feature_units")}
+        description["version"] = INDEX_VERSION  # version 1 differs only in how tables are stored
+        if isinstance(description.get("feature_counts"), dict):
+            description["feature_counts"] = unpack_ints(description["feature_counts"]).tolist()
         d = len(el.axes)
         spatial = _copy(
             meta["spatial_units"], el.data, _xy_bounds(el.partition_bounds, d), spatial_reader
