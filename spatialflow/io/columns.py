@@ -161,6 +161,15 @@ class ParquetRowGroups(ColumnSource):
     def read(self, k: int, columns: Sequence[str]) -> dict[str, np.ndarray]:
         return self.read_many([k], columns)
 
+    def schema(self, k: int) -> pa.Schema:
+        """The Arrow schema of the file holding partition ``k`` (its footer, parsed once)."""
+        path = self.groups[k][0]
+        footer = self._footers.get(path)
+        if footer is None:
+            with self.fs.open(path, "rb") as f:
+                footer = self._footers[path] = pq.ParquetFile(f).metadata
+        return footer.schema.to_arrow_schema()
+
     def read_many(self, ks: Sequence[int], columns: Sequence[str]) -> dict[str, np.ndarray]:
         """Partitions ``ks`` at once, in order: one read per parquet file they fall in."""
         tables = []

@@ -53,6 +53,8 @@ class Layout:
         self.kinds = kinds  # "num" | "cat" | "arrow" per name
         self.schema = schema
         self.dictionaries = dictionaries  # position -> (categories as Arrow, as pandas)
+        #: numpy dtype of each "num" column and of each "cat" column's codes (else None)
+        self.dtypes: list[Any] = [None] * len(names)
 
     @classmethod
     def of(cls, meta: pd.DataFrame) -> Layout:
@@ -79,7 +81,14 @@ class Layout:
         if [f.name for f in schema] != names:  # pragma: no cover - pandas' order is this one
             raise AssertionError(f"unexpected Arrow column order {schema.names} for {names}")
         schema = schema.with_metadata({b"pandas": json.dumps(pandas_meta).encode()})
-        return cls(names, kinds, schema, dictionaries)
+        out = cls(names, kinds, schema, dictionaries)
+        dtypes = [meta[c].dtype for c in meta.columns] + [meta.index.dtype]
+        for i, kind in enumerate(kinds):
+            if kind == "num":
+                out.dtypes[i] = dtypes[i]
+            elif kind == "cat":
+                out.dtypes[i] = field_codes_dtype(schema.field(i).type)
+        return out
 
     def columns(self, df: pd.DataFrame, skip: str = "level") -> list[Any]:
         """One array per name of ``df`` (a partition of the element); None for ``skip`` (the
@@ -119,6 +128,10 @@ class Layout:
             else:
                 arrays.append(col)
         return pa.Table.from_arrays(arrays, schema=self.schema)
+
+
+def field_codes_dtype(kind: pa.DataType) -> np.dtype:
+    return np.dtype(kind.index_type.to_pandas_dtype())
 
 
 def take(col: Any, order: np.ndarray) -> Any:

@@ -69,7 +69,7 @@ from spatialflow.kernels.morton import (
     split_keys,
     unit_order,
 )
-from spatialflow.plan.index_columns import Layout, concat_take, table_frame
+from spatialflow.plan.index_columns import NULL_INDEX, Layout, concat_take, table_frame
 
 __all__ = ["BATCH_ROWS", "RANGE_ROWS", "build_index"]
 
@@ -109,6 +109,48 @@ def _slim(
     ix, iy, h, codes = _state(df, lo, hi, seed, fk)
     codes = codes.astype(np.int16 if codes.size == 0 or codes.max() < 2**15 else np.int32)
     return ix, iy, h, codes, None if layout is None else layout.columns(df)
+
+
+def _slim_read(
+    source: Any, k: int, lo: tuple, hi: tuple, seed: int, fk: str | None, layout: Layout
+) -> tuple:
+    """``_slim`` with the columns kept, reading partition ``k`` of a parquet row-group source
+    straight into numpy (no pandas frame, no Python file object between Arrow's reads)."""
+    names = [n for n in layout.names[:-1] if n != LEVEL]
+    got = source.read(k, [*names, NULL_INDEX])
+    cols: list[Any] = []
+    for i, name in enumerate(layout.names):
+        if name == LEVEL:
+            cols.append(None)
+            continue
+        cols.append(np.asarray(got[NULL_INDEX if i == len(layout.names) - 1 else name]))
+        cols[-1] = cols[-1].astype(layout.dtypes[i], copy=False)
+    idx = cols[-1]
+    codes = np.asarray(got[fk], dtype=np.int32) if fk else np.zeros(len(idx), np.int32)
+    x, y = got["x"], got["y"]
+    ix, iy, h = point_state(x, y, codes, idx.astype(np.int64).view(np.uint64), lo, hi, seed)
+    small = codes.size == 0 or codes.max() < 2**15
+    return ix, iy, h, codes.astype(np.int16 if small else np.int32), cols
+
+
+def _row_group_source(el: Points, layout: Layout) -> Any:
+    """The element's parquet row-group source when its partitions can be read straight into
+    columns: stored names as the element's, numbers and categoricals only, an integer index
+    stored as dask stores an unnamed one."""
+    from spatialflow.io.columns import ParquetRowGroups
+
+    source = el.column_source
+    if not isinstance(source, ParquetRowGroups) or source.names or not source.groups:
+        return None
+    if layout.names[-1] != NULL_INDEX or layout.kinds[-1] != "num":
+        return None
+    if layout.dtypes[-1].kind not in "iu" or any(k not in ("num", "cat") for k in layout.kinds):
+        return None
+    try:
+        schema = source.schema(0)
+    except (OSError, ValueError, pa.ArrowException):  # any doubt: read the frames instead
+        return None
+    return source if set(layout.names[:-1]) - {LEVEL} | {NULL_INDEX} <= set(schema.names) else None
 
 
 def _pool_counts(state: tuple, probs: np.ndarray, splits: tuple[int, int]) -> tuple:
@@ -481,11 +523,15 @@ def build_index(el: Points, *, limit: int, seed: int, row_group_rows: int, name:
     meta = el.data._meta.assign(**{LEVEL: np.array([], dtype=np.uint8)})
     layout = Layout.of(meta)
     keep = _fits_one_batch(el)  # then the shuffle takes the columns kept by the first pass
-    states = list(
-        dask.persist(
-            *[dask.delayed(_slim)(p, lo, hi, seed, fk, layout if keep else None) for p in parts]
-        )
-    )
+    source = _row_group_source(el, layout) if keep else None
+    if source is not None:
+        tasks = [
+            dask.delayed(_slim_read)(source, k, lo, hi, seed, fk, layout)
+            for k in range(el.npartitions)
+        ]
+    else:
+        tasks = [dask.delayed(_slim)(p, lo, hi, seed, fk, layout if keep else None) for p in parts]
+    states = list(dask.persist(*tasks))
     probs, grid, max_counts, totals = _levels(states, hi[0] - lo[0], hi[1] - lo[1], limit)
     bits = _coarse_bits(grid, probs, totals, limit, row_group_rows)
     (total,) = dask.compute(
