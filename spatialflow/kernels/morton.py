@@ -330,7 +330,7 @@ def _route(key, shift, starts, lut, t, a, b):  # type: ignore[no-untyped-def]
     for g in range(n_groups):
         counts[g + 1] += counts[g]
     pos = counts[:-1].copy()
-    perm = np.empty(counts[n_groups], dtype=np.int64)
+    perm = np.empty(counts[n_groups], dtype=np.int32)  # a partition has < 2**31 rows
     for i in range(n):
         g = ids[i]
         if g >= 0:
@@ -343,7 +343,7 @@ def route_rows(
     key: np.ndarray, shift: int, starts: np.ndarray, a: int, b: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Rows grouped by range ``a..b-1`` (a range is the last of ``starts`` <= key >> shift),
-    as ``group_rows`` returns them; rows of other ranges are left out. The range of a key is
+    as ``group_rows`` returns them (positions as int32); rows of other ranges are left out. The range of a key is
     looked up in a table of at most 2**16 cells, then stepped over the few starts inside its
     cell (a binary search per row costs ten times more)."""
     starts = np.ascontiguousarray(starts, dtype=np.uint64)
@@ -446,15 +446,13 @@ def gather(src: np.ndarray, order: np.ndarray) -> np.ndarray:
     threads taking columns run one at a time; this is also a quarter cheaper)."""
     if src.dtype.kind not in "biuf" or src.ndim != 1:
         return src.take(order)
-    return _gather(
-        src, np.ascontiguousarray(order, dtype=np.int64), np.empty(order.size, src.dtype)
-    )
+    return _gather(src, np.ascontiguousarray(order), np.empty(order.size, src.dtype))
 
 
 @numba.njit(cache=True, nogil=True)
 def _unit_order(offsets, starts, key, h):  # type: ignore[no-untyped-def]
     n_pieces, n_units = offsets.shape[0], offsets.shape[1] - 1
-    order = np.empty(key.size, dtype=np.int64)
+    order = np.empty(key.size, dtype=np.int32)  # a range has < 2**31 rows
     pos = 0
     for u in range(n_units):
         s = pos
