@@ -14,7 +14,7 @@ SpatialData zarr layout: the element stays ordinary points that spatialdata 0.8 
                                              reads only points.parquet and ignores it)
 
 Parquet statistics (min/max per row group) are written for level, x, y and every other
-non-dictionary column; numbers are stored uncompressed, an integer index delta-encoded (see
+non-dictionary column but the index; numbers are stored uncompressed, an integer index delta-encoded (see
 ``_writer``); the feature column's range of codes per row group is in the unit tables
 (which also carry the per-(level, feature) counts), not in string statistics, which cost four
 times the column's encoding. Files are written in the pandas/dask parquet dialect
@@ -47,7 +47,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from spatialflow.elements.points import Points
-from spatialflow.elements.points_index import INDEX_VERSION, IndexCopy, PointsIndex, unpack_ints
+from spatialflow.elements.points_index import (
+    INDEX_VERSION,
+    LEVEL,
+    IndexCopy,
+    PointsIndex,
+    unpack_ints,
+)
 from spatialflow.errors import FormatError
 
 __all__ = [
@@ -81,32 +87,34 @@ def _file_groups(levels: np.ndarray, rows: np.ndarray) -> list[list[int]]:
 def _writer(f: Any, schema: pa.Schema) -> pq.ParquetWriter:
     """A parquet writer that dictionary-encodes only dictionary and small integer columns
     (trying it on unique floats and ids costs more than the rest of the encoding) and keeps
-    statistics of every column but the dictionary (feature) ones: min/max of strings costs
-    four times their encoding, and the unit tables hold each unit's feature-code range.
-    Numbers are not compressed (snappy gains nothing on floats and costs a quarter of the
-    encoding); the integer index is delta-encoded (a third of its plain size, for less CPU
-    than snappy's two thirds); strings and dictionaries are snappy-compressed."""
-    dicts = [fld.name for fld in schema if pa.types.is_dictionary(fld.type)]
-    small = dicts + [
-        fld.name for fld in schema if pa.types.is_integer(fld.type) and fld.type.bit_width <= 16
+    statistics of every column but the dictionary (feature) ones and the index: min/max of
+    strings costs four times their encoding, the unit tables hold each unit's feature-code
+    range, and nothing prunes by the index. Numbers are not compressed (snappy gains nothing
+    on floats and costs a quarter of the encoding); the integer index and the level are
+    delta-encoded (the index in a third of its plain size, for less CPU than snappy's two
+    thirds; a unit's constant level in a few bytes, cheaper than a dictionary per row
+    group); strings and dictionaries are snappy-compressed."""
+    index = [
+        c for c in (schema.pandas_metadata or {}).get("index_columns", []) if isinstance(c, str)
     ]
-    stats = [fld.name for fld in schema if fld.name not in dicts]
     numbers = {
         fld.name
         for fld in schema
         if pa.types.is_integer(fld.type) or pa.types.is_floating(fld.type)
     }
-    codecs = {fld.name: "none" if fld.name in numbers else "snappy" for fld in schema}
-    index = (schema.pandas_metadata or {}).get("index_columns", [])
     delta = {
         c: "DELTA_BINARY_PACKED"
-        for c in index
-        if isinstance(c, str)
-        and c in numbers
-        and c not in small
-        and c in schema.names
-        and pa.types.is_integer(schema.field(c).type)
+        for c in [*index, LEVEL]
+        if c in schema.names and pa.types.is_integer(schema.field(c).type)
     }
+    dicts = [fld.name for fld in schema if pa.types.is_dictionary(fld.type)]
+    small = dicts + [
+        fld.name
+        for fld in schema
+        if pa.types.is_integer(fld.type) and fld.type.bit_width <= 16 and fld.name not in delta
+    ]
+    stats = [fld.name for fld in schema if fld.name not in dicts and fld.name not in index]
+    codecs = {fld.name: "none" if fld.name in numbers else "snappy" for fld in schema}
     return pq.ParquetWriter(
         f,
         schema,
