@@ -45,6 +45,7 @@ __all__ = [
     "coarse_counts",
     "coarse_histogram",
     "gather",
+    "gather_into",
     "grid_levels",
     "group_rows",
     "point_state",
@@ -439,6 +440,14 @@ def _gather(src, order, out):  # type: ignore[no-untyped-def]
     for i in range(order.size):
         out[i] = src[order[i]]
     return out
+
+
+def gather_into(src: np.ndarray, order: np.ndarray, out: np.ndarray) -> None:
+    """``out[:] = src[order]`` into an existing array (or a slice of one), without the GIL."""
+    if src.dtype.kind not in "biuf" or src.ndim != 1 or out.dtype != src.dtype:
+        out[:] = src.take(order)
+        return
+    _gather(src, np.ascontiguousarray(order), out)
 
 
 def gather(src: np.ndarray, order: np.ndarray) -> np.ndarray:

@@ -26,9 +26,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from spatialflow.kernels.morton import gather
+from spatialflow.kernels.morton import gather, gather_into
 
-__all__ = ["NULL_INDEX", "Layout", "concat_take", "table_frame"]
+__all__ = ["NULL_INDEX", "Layout", "Piece", "concat_pieces", "concat_take", "table_frame"]
 
 NULL_INDEX = "__null_dask_index__"
 
@@ -151,6 +151,52 @@ def concat_take(pieces: list[list[Any]], order: np.ndarray | None) -> list[Any]:
             col = parts[0] if len(parts) == 1 else pa.concat_arrays(parts)
         out.append(col if order is None else take(col, order))
     return out
+
+
+class Piece:
+    """The rows ``rows`` of an input partition that go to one range, by reference: its
+    columns, sort keys and hashes are the whole input's, and the unit offsets are the
+    piece's. A range gathers its pieces' rows when it runs (``concat_pieces``), so the split
+    of an input allocates no rows and a batch's rows are copied one range at a time; a piece
+    sent to another process (pickled) carries only its own rows."""
+
+    __slots__ = ("cols", "h", "key", "rows", "units")
+
+    def __init__(
+        self, cols: list[Any], rows: np.ndarray, key: np.ndarray, h: np.ndarray, units: Any
+    ) -> None:
+        self.cols, self.rows, self.key, self.h, self.units = cols, rows, key, h, units
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __reduce__(self) -> tuple:
+        cols = [take(c, self.rows) for c in self.cols]
+        own = np.arange(len(self.rows), dtype=np.int32)
+        key, h = gather(self.key, self.rows), gather(self.h, self.rows)
+        return (Piece, (cols, own, key, h, self.units))
+
+    def __sizeof__(self) -> int:  # its own rows (Dask's memory accounting)
+        width = sum(c.dtype.itemsize if isinstance(c, np.ndarray) else 16 for c in self.cols)
+        return 64 + len(self.rows) * (width + 16)
+
+
+def concat_pieces(pieces: list[Piece]) -> tuple[list[Any], np.ndarray, np.ndarray]:
+    """The columns, keys and hashes of ``pieces``' rows, concatenated in order (each numeric
+    array gathered straight into its place)."""
+    starts = np.concatenate([[0], np.cumsum([len(p) for p in pieces])])
+
+    def joined(arrays: list[Any], rows: list[np.ndarray]) -> Any:
+        if not all(isinstance(a, np.ndarray) and a.dtype.kind in "biuf" for a in arrays):
+            return concat_take([[take(a, r)] for a, r in zip(arrays, rows, strict=True)], None)[0]
+        out = np.empty(int(starts[-1]), dtype=np.result_type(*arrays))
+        for k, (a, r) in enumerate(zip(arrays, rows, strict=True)):
+            gather_into(a, r, out[starts[k] : starts[k + 1]])
+        return out
+
+    rows = [p.rows for p in pieces]
+    cols = [joined([p.cols[j] for p in pieces], rows) for j in range(len(pieces[0].cols))]
+    return cols, joined([p.key for p in pieces], rows), joined([p.h for p in pieces], rows)
 
 
 def table_frame(table: pa.Table) -> pd.DataFrame:

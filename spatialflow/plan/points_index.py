@@ -60,7 +60,6 @@ from spatialflow.kernels.morton import (
     bin_offsets,
     coarse_counts,
     coarse_histogram,
-    gather,
     grid_levels,
     point_state,
     pool_counts,
@@ -69,7 +68,14 @@ from spatialflow.kernels.morton import (
     split_keys,
     unit_order,
 )
-from spatialflow.plan.index_columns import NULL_INDEX, Layout, concat_take, table_frame
+from spatialflow.plan.index_columns import (
+    NULL_INDEX,
+    Layout,
+    Piece,
+    concat_pieces,
+    concat_take,
+    table_frame,
+)
 
 __all__ = ["BATCH_ROWS", "RANGE_ROWS", "build_index"]
 
@@ -195,34 +201,31 @@ def _split(
         perm, offsets = route_rows(key, _SHIFT[order], starts, 0, int(firsts[-1]))
         if perm.size == 0:
             continue
-        taken = concat_take([cols], perm)
-        k, hh = gather(key, perm), gather(h, perm)
         for j in range(len(firsts) - 1):
             units = offsets[firsts[j] : firsts[j + 1] + 1]
             s, e = int(units[0]), int(units[-1])
             if e > s:
-                out[(order, a + j)] = ([c[s:e] for c in taken], k[s:e], hh[s:e], units - s)
+                out[(order, a + j)] = Piece(cols, perm[s:e], key, h, units - s)
     return out
 
 
 _SHIFT = {"s": COARSE_SHIFT, "f": 32}  # unit start keys: coarse bins, (code, level) words
 
 
-def _piece(split: dict, order: str, r: int) -> tuple | None:
+def _piece(split: dict, order: str, r: int) -> Piece | None:
     return split.get((order, r))
 
 
-def _assemble(layout: Layout, *pieces: tuple | None) -> pa.Table:
+def _assemble(layout: Layout, *pieces: Piece | None) -> pa.Table:
     """One range: its pieces in input order, sorted (stable) by (key, hash), as Arrow; each
     unit's rows are gathered from the pieces and sorted alone (``unit_order``)."""
     got = [p for p in pieces if p is not None]
     if not got:
         return layout.schema.empty_table()
-    key = got[0][1] if len(got) == 1 else np.concatenate([p[1] for p in got])
-    h = got[0][2] if len(got) == 1 else np.concatenate([p[2] for p in got])
-    starts = np.concatenate([[0], np.cumsum([len(p[1]) for p in got])])
-    order = unit_order(np.stack([p[3] for p in got]), starts, key, h)
-    return layout.table(concat_take([p[0] for p in got], order))
+    cols, key, h = concat_pieces(got)
+    starts = np.concatenate([[0], np.cumsum([len(p) for p in got])])
+    order = unit_order(np.stack([p.units for p in got]), starts, key, h)
+    return layout.table(concat_take([cols], order))
 
 
 def _unit(table: pa.Table, a: int, b: int) -> pd.DataFrame:
