@@ -60,6 +60,7 @@ from spatialflow.kernels.morton import (
     bin_offsets,
     coarse_counts,
     coarse_histogram,
+    gather,
     grid_levels,
     point_state,
     pool_counts,
@@ -185,8 +186,11 @@ def _split(
     """Split one input partition (a frame, or its kept state and columns) into pieces
     (columns, key, hash, unit offsets) of the ranges of a batch, each piece grouped by unit.
     ``wanted``: per copy, the start keys of the batch's units and of the next unit, the first
-    unit of each of its ranges (and the end), and its first range number."""
-    if isinstance(src, tuple):
+    unit of each of its ranges (and the end), and its first range number. Pieces of kept
+    columns reference them (the input stays in memory anyway); pieces of a frame read for
+    this batch copy their rows, so a batch holds only its own rows of every input."""
+    kept = isinstance(src, tuple)
+    if kept:
         ix, iy, h, codes, cols = src
     else:
         ix, iy, h, codes = _state(src, lo, hi, seed, fk)
@@ -201,11 +205,16 @@ def _split(
         perm, offsets = route_rows(key, _SHIFT[order], starts, 0, int(firsts[-1]))
         if perm.size == 0:
             continue
+        if kept:
+            pcols, pkey, ph, rows = cols, key, h, perm
+        else:  # this batch's rows of the frame, copied (the frame is then released)
+            pcols, pkey, ph = concat_take([cols], perm), gather(key, perm), gather(h, perm)
+            rows = np.arange(perm.size, dtype=np.int32)
         for j in range(len(firsts) - 1):
             units = offsets[firsts[j] : firsts[j + 1] + 1]
             s, e = int(units[0]), int(units[-1])
             if e > s:
-                out[(order, a + j)] = Piece(cols, perm[s:e], key, h, units - s)
+                out[(order, a + j)] = Piece(pcols, rows[s:e], pkey, ph, units - s)
     return out
 
 
