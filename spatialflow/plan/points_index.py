@@ -124,7 +124,7 @@ def _slim_read(
     """``_slim`` with the columns kept, reading partition ``k`` of a parquet row-group source
     straight into numpy (no pandas frame, no Python file object between Arrow's reads)."""
     names = [n for n in layout.names[:-1] if n != LEVEL]
-    got = source.read(k, [*names, NULL_INDEX])
+    got = source.read(k, [*names, NULL_INDEX], threads=False)  # one read per core already
     cols: list[Any] = []
     for i, name in enumerate(layout.names):
         if name == LEVEL:
