@@ -148,13 +148,13 @@ def test_stored_input_read_once_gives_the_same_output(source, indexed, tmp_path)
     """An input read from a SpatialData store (rows known, one batch): its partitions are read
     once, straight into columns, and the index is the one built from memory."""
     import spatialflow.plan.points_index as build
-    from spatialflow.plan.index_columns import Layout
+    from spatialflow.plan.index_columns import Layout, row_group_source
 
     _dataset(source, 4).write(tmp_path / "in.zarr")
     stored = sf.read(tmp_path / "in.zarr")
     el = stored.points["tx"]
     layout = Layout.of(el.data._meta.assign(level=np.array([], dtype=np.uint8)))
-    assert build._fits_one_batch(el) and build._row_group_source(el, layout) is not None
+    assert build._fits_one_batch(el) and row_group_source(el, layout) is not None
     got = sf.index_points(stored, "tx", limit=LIMIT, seed=3, row_group_rows=2_000)
     pd.testing.assert_frame_equal(got.data.compute(), indexed[1])
     assert got.index.description == indexed[0].points["tx"].index.description

@@ -19,10 +19,11 @@ non-dictionary column but the index; numbers are stored uncompressed, an integer
 (which also carry the per-(level, feature) counts), not in string statistics, which cost four
 times the column's encoding. Files are written in the pandas/dask parquet dialect
 (``__null_dask_index__`` for an unnamed index) so dask, spatialdata and spatialflow read them
-as they read what dask writes. A freshly built index is written range by range (one Dask task
-converts a sorted range to Arrow once and writes it as one file, one row group per unit, by
-zero-copy slices), batch after batch (``PointsIndex.batches``), so at most one batch of rows
-is in memory; an index read from storage is rewritten unit by unit.
+as they read what dask writes. A freshly built index is written range by range (a sorted
+range is already an Arrow table with that dialect's schema, plan/index_columns.py; one Dask
+task writes it as one file, one row group per unit, by zero-copy slices, Arrow writing a
+local file itself), batch after batch (``PointsIndex.batches``), so at most one batch of
+rows is in memory; an index read from storage is rewritten unit by unit.
 
 Native Icechunk layout: the spatial-first copy is the element's own partitions; the
 feature-first copy is a second partition table ``by_feature_partitions`` (its arrays in a

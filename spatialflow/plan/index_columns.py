@@ -3,12 +3,18 @@
 Decisions:
 
 * **No pandas between the input and parquet.** An input partition is taken apart once into
-  one array per column (``Layout.columns``): numpy arrays for numpy-typed columns and the
-  index, the codes of categorical columns (their categories are the element's, known on the
-  client), and Arrow arrays for anything else (strings, nullable extension types). Pieces
-  and ranges move these arrays with ``np.take`` / ``np.concatenate`` (both release the GIL
-  for numeric types, so the threaded scheduler runs them on both cores); pandas' ``take`` and
-  ``concat`` cost about twice as much here (block managers, category checks) and hold the GIL.
+  one array per column (``Layout.columns``, or ``read_state`` straight from parquet row
+  groups): numpy arrays for numpy-typed columns and the index, the codes of categorical
+  columns (their categories are the element's, known on the client), and Arrow arrays for
+  anything else (strings, nullable extension types). Pieces and ranges move numeric arrays
+  with numba gathers (kernels/morton.py ``gather``) that release the GIL, so the threaded
+  scheduler runs them on both cores; ``np.take`` holds it, and pandas' ``take`` and
+  ``concat`` cost about twice as much here (block managers, category checks).
+* **Pieces by reference.** A piece (``Piece``) names rows of its input's columns; the range
+  gathers them when it runs (``concat_pieces``), so splitting a kept input copies nothing
+  and only one range's rows are copied at a time (fresh memory is slow to fault in; at 10^7
+  points this saved ~1 s of system time). Pickled (sent to another process), a piece
+  carries only its own rows.
 * **A sorted range is an Arrow table** with the schema pandas would give the frame (its
   ``pandas`` metadata included: an unnamed index is the column ``__null_dask_index__``, as
   dask writes it), built zero-copy from the sorted columns; categorical columns become
@@ -26,9 +32,20 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from spatialflow.kernels.morton import gather, gather_into
+from spatialflow.elements.points import Points
+from spatialflow.elements.points_index import LEVEL
+from spatialflow.kernels.morton import gather, gather_into, point_state
 
-__all__ = ["NULL_INDEX", "Layout", "Piece", "concat_pieces", "concat_take", "table_frame"]
+__all__ = [
+    "NULL_INDEX",
+    "Layout",
+    "Piece",
+    "concat_pieces",
+    "concat_take",
+    "read_state",
+    "row_group_source",
+    "table_frame",
+]
 
 NULL_INDEX = "__null_dask_index__"
 
@@ -90,7 +107,7 @@ class Layout:
                 out.dtypes[i] = field_codes_dtype(schema.field(i).type)
         return out
 
-    def columns(self, df: pd.DataFrame, skip: str = "level") -> list[Any]:
+    def columns(self, df: pd.DataFrame, skip: str | None = LEVEL) -> list[Any]:
         """One array per name of ``df`` (a partition of the element); None for ``skip`` (the
         column the index adds, filled in later)."""
         out: list[Any] = []
@@ -132,6 +149,48 @@ class Layout:
 
 def field_codes_dtype(kind: pa.DataType) -> np.dtype:
     return np.dtype(kind.index_type.to_pandas_dtype())
+
+
+def read_state(
+    source: Any, k: int, lo: tuple, hi: tuple, seed: int, fk: str | None, layout: Layout
+) -> tuple:
+    """The slim state of a partition (plan/points_index.py ``_slim``) and its columns, reading partition ``k`` of a parquet row-group source
+    straight into numpy (no pandas frame, no Python file object between Arrow's reads)."""
+    names = [n for n in layout.names[:-1] if n != LEVEL]
+    got = source.read(k, [*names, NULL_INDEX], threads=False)  # one read per core already
+    cols: list[Any] = []
+    for i, name in enumerate(layout.names):
+        if name == LEVEL:
+            cols.append(None)
+            continue
+        cols.append(np.asarray(got[NULL_INDEX if i == len(layout.names) - 1 else name]))
+        cols[-1] = cols[-1].astype(layout.dtypes[i], copy=False)
+    idx = cols[-1]
+    codes = np.asarray(got[fk], dtype=np.int32) if fk else np.zeros(len(idx), np.int32)
+    x, y = got["x"], got["y"]
+    ix, iy, h = point_state(x, y, codes, idx.astype(np.int64).view(np.uint64), lo, hi, seed)
+    small = codes.size == 0 or codes.max() < 2**15
+    return ix, iy, h, codes.astype(np.int16 if small else np.int32), cols
+
+
+def row_group_source(el: Points, layout: Layout) -> Any:
+    """The element's parquet row-group source when its partitions can be read straight into
+    columns: stored names as the element's, numbers and categoricals only, an integer index
+    stored as dask stores an unnamed one."""
+    from spatialflow.io.columns import ParquetRowGroups
+
+    source = el.column_source
+    if not isinstance(source, ParquetRowGroups) or source.names or not source.groups:
+        return None
+    if layout.names[-1] != NULL_INDEX or layout.kinds[-1] != "num":
+        return None
+    if layout.dtypes[-1].kind not in "iu" or any(k not in ("num", "cat") for k in layout.kinds):
+        return None
+    try:
+        schema = source.schema(0)
+    except (OSError, ValueError, pa.ArrowException):  # any doubt: read the frames instead
+        return None
+    return source if set(layout.names[:-1]) - {LEVEL} | {NULL_INDEX} <= set(schema.names) else None
 
 
 def take(col: Any, order: np.ndarray) -> Any:

@@ -13,29 +13,43 @@ Decisions (the algorithm itself is described in kernels/morton.py):
   over that state; partial histograms are summed in a tree of tasks.
 * **Cuts from histograms.** A last pass counts points per (level, Z-cell; a level's cells are
   only as fine as its units need, at most 2**10 a side, see ``_coarse_bits``) and per (level,
-  feature); these give the output units (row groups): spatial-first ones (one level each,
-  cut along the quadtree between those cells at about ``row_group_rows`` rows) and
-  feature-first ones (cut at feature changes once a unit holds
-  ``row_group_rows // 8`` rows, and between levels of a feature that would pass
+  feature), straight from the state into one dense histogram per partition (summed; sorted
+  sparse histograms only past ``DENSE_BINS`` bins); these give the output units (row
+  groups): spatial-first ones (one level each, cut along the quadtree between those cells at
+  about ``row_group_rows`` rows) and feature-first ones (cut at feature changes once a unit
+  holds ``row_group_rows // 8`` rows, and between levels of a feature that would pass
   ``row_group_rows``). The row count of every unit is known before any row moves.
-* **A shuffle of few, large tasks.** Consecutive units are grouped into *ranges* of about
-  ``RANGE_ROWS`` rows. Each input partition is read once per *batch* (ranges of both copies
-  holding at most ``BATCH_ROWS`` rows: one batch below ~25M points) and split, by one
-  counting sort, into one piece per range; each range concatenates its pieces and sorts them
-  once (a stable radix sort of a 64-bit key; ties by the content hash, then input order).
-  The pieces and ranges are one hand-written graph layer per batch, and the units another
-  (``dask.delayed`` costs ~80 us a call; 10^8 points make ~20,000 pieces). A unit's partition is a slice of its range. Writers take the ranges directly (one parquet
+* **Read once when it fits.** When the input's row count is known (a stored element) and its
+  rows fit one batch, the first pass keeps each partition's columns next to its state (read
+  from parquet row groups straight into numpy, ``index_columns.read_state``), and the shuffle splits those:
+  the input is read once. Otherwise each batch reads the input again.
+* **A shuffle of few, large tasks, no pandas.** Consecutive units are grouped into *ranges*
+  of about ``RANGE_ROWS`` rows. Each input partition is split once per *batch* (ranges of
+  both copies holding at most ``BATCH_ROWS`` rows: one batch below ~25M points) by one
+  counting sort into pieces grouped by unit (plan/index_columns.py ``Piece``: rows of the
+  kept input by reference; a frame read for the batch copies its rows). Each range gathers
+  its pieces' rows and sorts each unit alone (``unit_order``: a stable radix sort of the
+  64-bit key within a unit, ties by the content hash, then input order; half the cost of
+  sorting the range), then takes its columns into an Arrow table. Columns move as numpy
+  arrays through GIL-free numba gathers (pandas takes and concats held the GIL and cost
+  twice as much). The pieces and ranges are one hand-written graph layer per batch, and the
+  units another (``dask.delayed`` costs ~80 us a call; 10^8 points make ~20,000 pieces). A
+  unit's partition is a slice of its range. Writers take the ranges directly (one parquet
   file each, io/points_index.py), batch after batch, so memory stays bounded by a batch.
 * The output does not depend on the input partitioning: the draws hash each point's
   content, the cuts come from global histograms, and pieces are concatenated in input order.
 * A histogram cell holding more than ``row_group_rows`` points of one level yields a unit that
   large (a very dense spot); it is never split inside.
-* Profile at 10^7 points (2 shared cores), before -> after this design: the old build split
-  every input into a pandas piece per output row group (~4,000 pieces an input, one task
-  each) and wrote each row group through its own pandas -> Arrow conversion; ~16x
-  spatialdata's write. Now the CPU goes to parquet encoding and disk writes of the two
-  copies (~40%), the range sorts (~12%), pandas takes (~10%) and reading the input twice
-  (~8%); the build is ~3.5-5x spatialdata's write of the same points on a loaded machine.
+* Profile at 10^7 points, 1,000 genes (2 cores, shared): the first design split every input
+  into a pandas piece per output row group and wrote each through its own pandas -> Arrow
+  conversion (~16x spatialdata's write); the pandas shuffle of ranges was ~4.6x (8.6 CPU s).
+  Now the build takes ~5.5-6 CPU s (~3.0-3.4 s wall, ~3x spatialdata's write of the same
+  points): parquet encoding and writing of the two copies ~1.0 s, the range gathers and
+  unit sorts ~1.1 s (user) plus the split ~0.4 s, reading and the first pass ~0.5 s, the
+  level passes ~0.3 s and the histogram ~0.2 s; the rest is system time taking fresh memory
+  (this VM faults pages in slowly: ~1 ms a MB), which is why the shuffle copies rows as few
+  times as it can. Arrow's default (mimalloc) pool in threaded parquet reads was ~0.7 s of
+  that system time where jemalloc takes ~0.2 s; it is process-wide, so left as it is.
 """
 
 from __future__ import annotations
@@ -70,11 +84,12 @@ from spatialflow.kernels.morton import (
     unit_order,
 )
 from spatialflow.plan.index_columns import (
-    NULL_INDEX,
     Layout,
     Piece,
     concat_pieces,
     concat_take,
+    read_state,
+    row_group_source,
     table_frame,
 )
 
@@ -116,48 +131,6 @@ def _slim(
     ix, iy, h, codes = _state(df, lo, hi, seed, fk)
     codes = codes.astype(np.int16 if codes.size == 0 or codes.max() < 2**15 else np.int32)
     return ix, iy, h, codes, None if layout is None else layout.columns(df)
-
-
-def _slim_read(
-    source: Any, k: int, lo: tuple, hi: tuple, seed: int, fk: str | None, layout: Layout
-) -> tuple:
-    """``_slim`` with the columns kept, reading partition ``k`` of a parquet row-group source
-    straight into numpy (no pandas frame, no Python file object between Arrow's reads)."""
-    names = [n for n in layout.names[:-1] if n != LEVEL]
-    got = source.read(k, [*names, NULL_INDEX], threads=False)  # one read per core already
-    cols: list[Any] = []
-    for i, name in enumerate(layout.names):
-        if name == LEVEL:
-            cols.append(None)
-            continue
-        cols.append(np.asarray(got[NULL_INDEX if i == len(layout.names) - 1 else name]))
-        cols[-1] = cols[-1].astype(layout.dtypes[i], copy=False)
-    idx = cols[-1]
-    codes = np.asarray(got[fk], dtype=np.int32) if fk else np.zeros(len(idx), np.int32)
-    x, y = got["x"], got["y"]
-    ix, iy, h = point_state(x, y, codes, idx.astype(np.int64).view(np.uint64), lo, hi, seed)
-    small = codes.size == 0 or codes.max() < 2**15
-    return ix, iy, h, codes.astype(np.int16 if small else np.int32), cols
-
-
-def _row_group_source(el: Points, layout: Layout) -> Any:
-    """The element's parquet row-group source when its partitions can be read straight into
-    columns: stored names as the element's, numbers and categoricals only, an integer index
-    stored as dask stores an unnamed one."""
-    from spatialflow.io.columns import ParquetRowGroups
-
-    source = el.column_source
-    if not isinstance(source, ParquetRowGroups) or source.names or not source.groups:
-        return None
-    if layout.names[-1] != NULL_INDEX or layout.kinds[-1] != "num":
-        return None
-    if layout.dtypes[-1].kind not in "iu" or any(k not in ("num", "cat") for k in layout.kinds):
-        return None
-    try:
-        schema = source.schema(0)
-    except (OSError, ValueError, pa.ArrowException):  # any doubt: read the frames instead
-        return None
-    return source if set(layout.names[:-1]) - {LEVEL} | {NULL_INDEX} <= set(schema.names) else None
 
 
 def _pool_counts(state: tuple, probs: np.ndarray, splits: tuple[int, int]) -> tuple:
@@ -535,10 +508,10 @@ def build_index(el: Points, *, limit: int, seed: int, row_group_rows: int, name:
     meta = el.data._meta.assign(**{LEVEL: np.array([], dtype=np.uint8)})
     layout = Layout.of(meta)
     keep = _fits_one_batch(el)  # then the shuffle takes the columns kept by the first pass
-    source = _row_group_source(el, layout) if keep else None
+    source = row_group_source(el, layout) if keep else None
     if source is not None:
         tasks = [
-            dask.delayed(_slim_read)(source, k, lo, hi, seed, fk, layout)
+            dask.delayed(read_state)(source, k, lo, hi, seed, fk, layout)
             for k in range(el.npartitions)
         ]
     else:
