@@ -94,7 +94,9 @@ def _writer(f: Any, schema: pa.Schema) -> pq.ParquetWriter:
     on floats and costs a quarter of the encoding); the integer index and the level are
     delta-encoded (the index in a third of its plain size, for less CPU than snappy's two
     thirds; a unit's constant level in a few bytes, cheaper than a dictionary per row
-    group); strings and dictionaries are snappy-compressed."""
+    group); strings and dictionaries are snappy-compressed. Encoding buffers come from the
+    system allocator: Arrow's default pool (mimalloc) takes fresh memory in every writing
+    thread, ~0.2-0.3 s more system time for the 10^7-point build."""
     index = [
         c for c in (schema.pandas_metadata or {}).get("index_columns", []) if isinstance(c, str)
     ]
@@ -123,6 +125,7 @@ def _writer(f: Any, schema: pa.Schema) -> pq.ParquetWriter:
         use_dictionary=small,
         write_statistics=stats,
         column_encoding=delta or None,
+        memory_pool=pa.system_memory_pool(),
     )
 
 
