@@ -126,11 +126,13 @@ def test_same_output_for_one_and_seven_partitions(source, indexed):
 
 
 def test_ranges_and_batches_do_not_change_the_output(source, indexed, tmp_path, monkeypatch):
-    """Small ranges and batches (as at 10^8 points): the same rows, written batch by batch."""
+    """Small ranges and batches (as at 10^8 points), and sparse histograms: the same rows,
+    written batch by batch."""
     import spatialflow.plan.points_index as build
 
     monkeypatch.setattr(build, "RANGE_ROWS", 3_000)
     monkeypatch.setattr(build, "BATCH_ROWS", 20_000)
+    monkeypatch.setattr(build, "DENSE_BINS", 0)  # the sorted sparse histograms instead
     el = sf.index_points(_dataset(source, 3), "tx", limit=LIMIT, seed=3, row_group_rows=2_000)
     assert len(el.index.batches) >= 4 and len(el.index.spatial.ranges) >= 10
     ds = sf.Dataset()
@@ -140,6 +142,22 @@ def test_ranges_and_batches_do_not_change_the_output(source, indexed, tmp_path, 
     pd.testing.assert_frame_equal(back.data.compute(), indexed[1])
     files = list((tmp_path / "b.zarr/points/tx/points.parquet").glob("*.parquet"))
     assert len(files) == len(el.index.spatial.ranges)
+
+
+def test_stored_input_read_once_gives_the_same_output(source, indexed, tmp_path):
+    """An input read from a SpatialData store (rows known, one batch): its partitions are read
+    once, straight into columns, and the index is the one built from memory."""
+    import spatialflow.plan.points_index as build
+    from spatialflow.plan.index_columns import Layout, row_group_source
+
+    _dataset(source, 4).write(tmp_path / "in.zarr")
+    stored = sf.read(tmp_path / "in.zarr")
+    el = stored.points["tx"]
+    layout = Layout.of(el.data._meta.assign(level=np.array([], dtype=np.uint8)))
+    assert build._fits_one_batch(el) and row_group_source(el, layout) is not None
+    got = sf.index_points(stored, "tx", limit=LIMIT, seed=3, row_group_rows=2_000)
+    pd.testing.assert_frame_equal(got.data.compute(), indexed[1])
+    assert got.index.description == indexed[0].points["tx"].index.description
 
 
 def _brute(table, box, max_level, genes):

@@ -19,6 +19,7 @@ a batch's rows bound the memory of a write). An index read back from storage has
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,9 +27,31 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["INDEX_VERSION", "LEVEL", "IndexCopy", "PointsIndex"]
+__all__ = ["INDEX_VERSION", "LEVEL", "IndexCopy", "PointsIndex", "pack_ints", "unpack_ints"]
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: integer tables packed (``pack_ints``); 1 (lists) is still read
+
+
+def pack_ints(values: Any) -> dict[str, Any]:
+    """An integer table as compact JSON: its little-endian int32 (or int64) bytes in base64
+    and its shape. A JSON list of thousands of numbers costs ~10x more to encode (the
+    indented encoder visits every number) and ~3x the bytes."""
+    a = np.asarray(values, dtype=np.int64)
+    small = a.size == 0 or (a.min() >= -(2**31) and a.max() < 2**31)
+    dtype = "<i4" if small else "<i8"
+    data = base64.b64encode(np.ascontiguousarray(a, dtype=dtype).tobytes()).decode("ascii")
+    return {"dtype": "int32" if small else "int64", "shape": list(a.shape), "base64": data}
+
+
+def unpack_ints(value: Any) -> np.ndarray:
+    """The int64 array of ``pack_ints``' JSON, or of a plain (nested) list."""
+    if isinstance(value, dict):
+        dtype = {"int32": "<i4", "int64": "<i8"}[value["dtype"]]
+        raw = np.frombuffer(base64.b64decode(value["base64"]), dtype=dtype)
+        return raw.astype(np.int64).reshape(value["shape"])
+    return np.asarray(value, dtype=np.int64)
+
+
 LEVEL = "level"  # the column holding each row's level
 
 
@@ -47,12 +70,12 @@ class IndexCopy:
     # reads several units at once, filtered before pandas: (units, RowFilter) -> frame
     read_many: Callable[..., pd.DataFrame] | None = None
 
-    def table(self) -> dict[str, list]:
+    def table(self) -> dict[str, Any]:
         """The JSON form (bounds excluded: the layouts store those as statistics)."""
         return {
-            "levels": self.levels.tolist(),
-            "codes": self.codes.tolist(),
-            "rows": self.rows.tolist(),
+            "levels": pack_ints(self.levels),
+            "codes": pack_ints(self.codes),
+            "rows": pack_ints(self.rows),
         }
 
     def read(self, i: int) -> pd.DataFrame:
@@ -92,6 +115,8 @@ class PointsIndex:
     def attrs(self) -> dict[str, Any]:
         """The JSON stored with the element (both layouts)."""
         out = dict(self.description)
+        if out.get("feature_counts") is not None:
+            out["feature_counts"] = pack_ints(out["feature_counts"])
         out["spatial_units"] = self.spatial.table()
         if self.by_feature is not None:
             out["feature_units"] = self.by_feature.table()

@@ -137,10 +137,12 @@ class ParquetRowGroups(ColumnSource):
         return self._index[name]
 
     def _read_row_groups(
-        self, path: str, rgs: list[int], columns: list[str] | None = None
+        self, path: str, rgs: list[int], columns: list[str] | None = None, threads: bool = True
     ) -> pa.Table:
         """Row groups ``rgs`` of one file (a local path opened by pyarrow itself; otherwise
-        through the filesystem, whose file is closed after the read)."""
+        through the filesystem, whose file is closed after the read). ``threads=False``: one
+        thread decodes (for callers already running one read per core: Arrow's threaded
+        reads take fresh memory in every I/O thread, which costs more than they save)."""
         protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
         dictionary = [self.names.get(c, c) for c in self.categories]
         footer = self._footers.get(path)
@@ -150,23 +152,36 @@ class ParquetRowGroups(ColumnSource):
                 # accounting (what the benchmarks measure), at the cost of one copy
                 pf = pq.ParquetFile(path, read_dictionary=dictionary, metadata=footer)
                 self._footers[path] = pf.metadata
-                return pf.read_row_groups(rgs, columns=columns)
+                return pf.read_row_groups(rgs, columns=columns, use_threads=threads)
             with self.fs.open(path, "rb") as f:
                 pf = pq.ParquetFile(f, read_dictionary=dictionary, metadata=footer)
                 self._footers[path] = pf.metadata
-                return pf.read_row_groups(rgs, columns=columns)
+                return pf.read_row_groups(rgs, columns=columns, use_threads=threads)
         except (OSError, pa.ArrowException, ValueError) as e:
             raise unreadable_parquet(f"{path} (row groups {rgs[0]}..{rgs[-1]})", e, self.fs) from e
 
-    def read(self, k: int, columns: Sequence[str]) -> dict[str, np.ndarray]:
-        return self.read_many([k], columns)
+    def read(
+        self, k: int, columns: Sequence[str], *, threads: bool = True
+    ) -> dict[str, np.ndarray]:
+        return self.read_many([k], columns, threads=threads)
 
-    def read_many(self, ks: Sequence[int], columns: Sequence[str]) -> dict[str, np.ndarray]:
+    def schema(self, k: int) -> pa.Schema:
+        """The Arrow schema of the file holding partition ``k`` (its footer, parsed once)."""
+        path = self.groups[k][0]
+        footer = self._footers.get(path)
+        if footer is None:
+            with self.fs.open(path, "rb") as f:
+                footer = self._footers[path] = pq.ParquetFile(f).metadata
+        return footer.schema.to_arrow_schema()
+
+    def read_many(
+        self, ks: Sequence[int], columns: Sequence[str], *, threads: bool = True
+    ) -> dict[str, np.ndarray]:
         """Partitions ``ks`` at once, in order: one read per parquet file they fall in."""
         tables = []
         stored = [self.names.get(c, c) for c in columns]
         for path, rgs in self._runs(ks):
-            tables.append(self._read_row_groups(path, rgs, stored))
+            tables.append(self._read_row_groups(path, rgs, stored, threads))
         table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
         return {
             name: arrow_codes(table.column(file_name), self._cats(name))

@@ -13,29 +13,43 @@ Decisions (the algorithm itself is described in kernels/morton.py):
   over that state; partial histograms are summed in a tree of tasks.
 * **Cuts from histograms.** A last pass counts points per (level, Z-cell; a level's cells are
   only as fine as its units need, at most 2**10 a side, see ``_coarse_bits``) and per (level,
-  feature); these give the output units (row groups): spatial-first ones (one level each,
-  cut along the quadtree between those cells at about ``row_group_rows`` rows) and
-  feature-first ones (cut at feature changes once a unit holds
-  ``row_group_rows // 8`` rows, and between levels of a feature that would pass
+  feature), straight from the state into one dense histogram per partition (summed; sorted
+  sparse histograms only past ``DENSE_BINS`` bins); these give the output units (row
+  groups): spatial-first ones (one level each, cut along the quadtree between those cells at
+  about ``row_group_rows`` rows) and feature-first ones (cut at feature changes once a unit
+  holds ``row_group_rows // 8`` rows, and between levels of a feature that would pass
   ``row_group_rows``). The row count of every unit is known before any row moves.
-* **A shuffle of few, large tasks.** Consecutive units are grouped into *ranges* of about
-  ``RANGE_ROWS`` rows. Each input partition is read once per *batch* (ranges of both copies
-  holding at most ``BATCH_ROWS`` rows: one batch below ~25M points) and split, by one
-  counting sort, into one piece per range; each range concatenates its pieces and sorts them
-  once (a stable radix sort of a 64-bit key; ties by the content hash, then input order).
-  The pieces and ranges are one hand-written graph layer per batch, and the units another
-  (``dask.delayed`` costs ~80 us a call; 10^8 points make ~20,000 pieces). A unit's partition is a slice of its range. Writers take the ranges directly (one parquet
+* **Read once when it fits.** When the input's row count is known (a stored element) and its
+  rows fit one batch, the first pass keeps each partition's columns next to its state (read
+  from parquet row groups straight into numpy, ``index_columns.read_state``), and the shuffle splits those:
+  the input is read once. Otherwise each batch reads the input again.
+* **A shuffle of few, large tasks, no pandas.** Consecutive units are grouped into *ranges*
+  of about ``RANGE_ROWS`` rows. Each input partition is split once per *batch* (ranges of
+  both copies holding at most ``BATCH_ROWS`` rows: one batch below ~25M points) by one
+  counting sort into pieces grouped by unit (plan/index_columns.py ``Piece``: rows of the
+  kept input by reference; a frame read for the batch copies its rows). Each range gathers
+  its pieces' rows and sorts each unit alone (``unit_order``: a stable radix sort of the
+  64-bit key within a unit, ties by the content hash, then input order; half the cost of
+  sorting the range), then takes its columns into an Arrow table. Columns move as numpy
+  arrays through GIL-free numba gathers (pandas takes and concats held the GIL and cost
+  twice as much). The pieces and ranges are one hand-written graph layer per batch, and the
+  units another (``dask.delayed`` costs ~80 us a call; 10^8 points make ~20,000 pieces). A
+  unit's partition is a slice of its range. Writers take the ranges directly (one parquet
   file each, io/points_index.py), batch after batch, so memory stays bounded by a batch.
 * The output does not depend on the input partitioning: the draws hash each point's
   content, the cuts come from global histograms, and pieces are concatenated in input order.
 * A histogram cell holding more than ``row_group_rows`` points of one level yields a unit that
   large (a very dense spot); it is never split inside.
-* Profile at 10^7 points (2 shared cores), before -> after this design: the old build split
-  every input into a pandas piece per output row group (~4,000 pieces an input, one task
-  each) and wrote each row group through its own pandas -> Arrow conversion; ~16x
-  spatialdata's write. Now the CPU goes to parquet encoding and disk writes of the two
-  copies (~40%), the range sorts (~12%), pandas takes (~10%) and reading the input twice
-  (~8%); the build is ~3.5-5x spatialdata's write of the same points on a loaded machine.
+* Profile at 10^7 points, 1,000 genes (2 cores, shared): the first design split every input
+  into a pandas piece per output row group and wrote each through its own pandas -> Arrow
+  conversion (~16x spatialdata's write); the pandas shuffle of ranges was ~4.6x (8.6 CPU s).
+  Now the build takes ~5.5-6 CPU s (~3.0-3.4 s wall, ~3x spatialdata's write of the same
+  points): parquet encoding and writing of the two copies ~1.0 s, the range gathers and
+  unit sorts ~1.1 s (user) plus the split ~0.4 s, reading and the first pass ~0.5 s, the
+  level passes ~0.3 s and the histogram ~0.2 s; the rest is system time taking fresh memory
+  (this VM faults pages in slowly: ~1 ms a MB), which is why the shuffle copies rows as few
+  times as it can. Arrow's default (mimalloc) pool in threaded parquet reads was ~0.7 s of
+  that system time where jemalloc takes ~0.2 s; it is process-wide, so left as it is.
 """
 
 from __future__ import annotations
@@ -48,6 +62,7 @@ import dask
 import dask.dataframe as dd
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from spatialflow.elements.points import Points
 from spatialflow.elements.points_index import INDEX_VERSION, LEVEL, IndexCopy, PointsIndex
@@ -56,13 +71,26 @@ from spatialflow.kernels.morton import (
     BITS,
     COARSE_SHIFT,
     MAX_LEVELS,
+    bin_offsets,
     coarse_counts,
+    coarse_histogram,
+    gather,
     grid_levels,
     point_state,
     pool_counts,
     route_rows,
-    sort_order,
+    sparse_bins,
     split_keys,
+    unit_order,
+)
+from spatialflow.plan.index_columns import (
+    Layout,
+    Piece,
+    concat_pieces,
+    concat_take,
+    read_state,
+    row_group_source,
+    table_frame,
 )
 
 __all__ = ["BATCH_ROWS", "RANGE_ROWS", "build_index"]
@@ -70,6 +98,7 @@ __all__ = ["BATCH_ROWS", "RANGE_ROWS", "build_index"]
 log = logging.getLogger(__name__)
 RANGE_ROWS = 1 << 20  # rows of one range: one sort task, one parquet file
 BATCH_ROWS = 48 << 20  # rows (both copies) split from the input at once
+DENSE_BINS = 1 << 23  # coarse histograms up to this many bins are dense arrays, else sparse
 
 
 # --- per-partition kernels (run on the workers) -------------------------------------------
@@ -94,74 +123,95 @@ def _state(df: pd.DataFrame, lo: tuple, hi: tuple, seed: int, fk: str | None) ->
     return ix, iy, h, codes
 
 
-def _slim(df: pd.DataFrame, lo: tuple, hi: tuple, seed: int, fk: str | None) -> tuple:
+def _slim(
+    df: pd.DataFrame, lo: tuple, hi: tuple, seed: int, fk: str | None, layout: Layout | None
+) -> tuple:
+    """The slim state of a partition, and with ``layout`` its columns too (kept for the
+    shuffle, which then does not read the input again)."""
     ix, iy, h, codes = _state(df, lo, hi, seed, fk)
-    return ix, iy, h, codes.astype(np.int16 if codes.size == 0 or codes.max() < 2**15 else np.int32)
+    codes = codes.astype(np.int16 if codes.size == 0 or codes.max() < 2**15 else np.int32)
+    return ix, iy, h, codes, None if layout is None else layout.columns(df)
 
 
 def _pool_counts(state: tuple, probs: np.ndarray, splits: tuple[int, int]) -> tuple:
-    ix, iy, h, _ = state
+    ix, iy, h = state[:3]
     return pool_counts(ix, iy, h, probs, splits)
 
 
 def _final_counts(state: tuple, probs: np.ndarray, n_codes: int, bits: np.ndarray) -> tuple:
-    ix, iy, h, codes = state
+    ix, iy, h, codes = state[:4]
+    if bin_offsets(bits)[-1] <= DENSE_BINS:
+        return coarse_histogram(ix, iy, h, codes, probs, bits, n_codes)
     _, skey, fkey = split_keys(ix, iy, h, codes, probs)
     return coarse_counts(skey, fkey, len(probs), n_codes, bits)
 
 
 def _split(
-    df: pd.DataFrame,
+    src: pd.DataFrame | tuple,
     lo: tuple,
     hi: tuple,
     seed: int,
     fk: str | None,
     probs: np.ndarray,
-    wanted: dict[str, tuple[np.ndarray, int, int]],
+    layout: Layout,
+    wanted: dict[str, tuple[np.ndarray, np.ndarray, int]],
 ) -> dict[tuple[str, int], tuple]:
-    """Split one input partition into pieces (frame, key, hash) of the ranges of a batch.
-    ``wanted``: per copy, the start key of every range and the batch's range numbers a..b."""
-    ix, iy, h, codes = _state(df, lo, hi, seed, fk)
+    """Split one input partition (a frame, or its kept state and columns) into pieces
+    (columns, key, hash, unit offsets) of the ranges of a batch, each piece grouped by unit.
+    ``wanted``: per copy, the start keys of the batch's units and of the next unit, the first
+    unit of each of its ranges (and the end), and its first range number. Pieces of kept
+    columns reference them (the input stays in memory anyway); pieces of a frame read for
+    this batch copy their rows, so a batch holds only its own rows of every input."""
+    kept = isinstance(src, tuple)
+    if kept:
+        ix, iy, h, codes, cols = src
+    else:
+        ix, iy, h, codes = _state(src, lo, hi, seed, fk)
+        cols = layout.columns(src)
     lv, skey, fkey = split_keys(ix, iy, h, codes, probs)
-    df = df.assign(**{LEVEL: lv})
+    cols = list(cols)
+    cols[layout.names.index(LEVEL)] = lv
     out: dict[tuple[str, int], tuple] = {}
-    for order, (starts, a, b) in wanted.items():
+    for order, (starts, firsts, a) in wanted.items():
         key = skey if order == "s" else fkey
-        perm, offsets = route_rows(key, _SHIFT[order], starts, a, b)
+        firsts = firsts - firsts[0]
+        perm, offsets = route_rows(key, _SHIFT[order], starts, 0, int(firsts[-1]))
         if perm.size == 0:
             continue
-        taken = df.take(perm)
-        k, hh = key[perm], h[perm]
-        for j in range(b - a):
-            s, e = int(offsets[j]), int(offsets[j + 1])
+        if kept:
+            pcols, pkey, ph, rows = cols, key, h, perm
+        else:  # this batch's rows of the frame, copied (the frame is then released)
+            pcols, pkey, ph = concat_take([cols], perm), gather(key, perm), gather(h, perm)
+            rows = np.arange(perm.size, dtype=np.int32)
+        for j in range(len(firsts) - 1):
+            units = offsets[firsts[j] : firsts[j + 1] + 1]
+            s, e = int(units[0]), int(units[-1])
             if e > s:
-                out[(order, a + j)] = (taken.iloc[s:e], k[s:e], hh[s:e])
+                out[(order, a + j)] = Piece(pcols, rows[s:e], pkey, ph, units - s)
     return out
 
 
 _SHIFT = {"s": COARSE_SHIFT, "f": 32}  # unit start keys: coarse bins, (code, level) words
 
 
-def _piece(split: dict, order: str, r: int) -> tuple | None:
+def _piece(split: dict, order: str, r: int) -> Piece | None:
     return split.get((order, r))
 
 
-def _assemble(meta: pd.DataFrame, *pieces: tuple | None) -> pd.DataFrame:
-    """One range: its pieces in input order, sorted (stable) by (key, hash)."""
+def _assemble(layout: Layout, *pieces: Piece | None) -> pa.Table:
+    """One range: its pieces in input order, sorted (stable) by (key, hash), as Arrow; each
+    unit's rows are gathered from the pieces and sorted alone (``unit_order``)."""
     got = [p for p in pieces if p is not None]
     if not got:
-        return meta
-    if len(got) == 1:
-        df, key, h = got[0]
-    else:
-        df = pd.concat([p[0] for p in got])
-        key = np.concatenate([p[1] for p in got])
-        h = np.concatenate([p[2] for p in got])
-    return df.take(sort_order(key, h))
+        return layout.schema.empty_table()
+    cols, key, h = concat_pieces(got)
+    starts = np.concatenate([[0], np.cumsum([len(p) for p in got])])
+    order = unit_order(np.stack([p.units for p in got]), starts, key, h)
+    return layout.table(concat_take([cols], order))
 
 
-def _unit(frame: pd.DataFrame, a: int, b: int) -> pd.DataFrame:
-    return frame.iloc[a:b]
+def _unit(table: pa.Table, a: int, b: int) -> pd.DataFrame:
+    return table_frame(table.slice(a, b - a))
 
 
 # --- planning on the client -----------------------------------------------------------------
@@ -171,7 +221,8 @@ def _merge_sparse(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarra
     keys = np.concatenate([k for k, _ in parts])
     counts = np.concatenate([c for _, c in parts])
     top = int(keys.max()) + 1 if keys.size else 0
-    if top <= 1 << 27:  # small key space: a dense sum
+    if top <= max(1 << 16, 4 * keys.size):  # a key space not much larger: a dense sum
+        # (a dense array far larger than the keys costs more in fresh pages than sorting)
         dense = np.bincount(keys, weights=counts, minlength=top)
         uniq = np.flatnonzero(dense)
         return uniq.astype(np.int64), dense[uniq].astype(np.int64)
@@ -200,6 +251,8 @@ def _merge_pairs(*parts: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.
 
 
 def _merge_final(*parts: tuple) -> tuple:
+    if len(parts[0]) == 2:  # dense histograms (``coarse_histogram``): sums
+        return sum(p[0] for p in parts), sum(p[1] for p in parts)
     bins, counts = _merge_sparse([(p[0], p[1]) for p in parts])
     return bins, counts, sum(p[2] for p in parts)
 
@@ -345,7 +398,7 @@ def _ranges(rows: np.ndarray) -> np.ndarray:
 
 
 def _shuffle(
-    parts: list[Any], copies: dict[str, tuple], meta: pd.DataFrame, args: tuple
+    parts: list[Any], copies: dict[str, tuple], meta: pd.DataFrame, layout: Layout, args: tuple
 ) -> dict[str, Any]:
     """The lazy ranges and unit partitions of each copy, and the batches of ranges."""
     order_name = {"s": "spatial", "f": "by_feature"}
@@ -353,7 +406,7 @@ def _shuffle(
     for order, (starts, rows) in copies.items():
         firsts = _ranges(rows)
         sizes = np.add.reduceat(rows, firsts[:-1]) if len(rows) else np.zeros(0, np.int64)
-        plans[order] = (starts[firsts[:-1]], firsts, sizes)
+        plans[order] = (starts, firsts, sizes)
     # batches: consecutive ranges (spatial, then feature-first) up to BATCH_ROWS rows
     batches: list[list[tuple[str, int]]] = []
     cur = 0
@@ -370,9 +423,14 @@ def _shuffle(
         for order in plans:
             rs = [r for o, r in batch if o == order]
             if rs:
-                wanted[order] = (plans[order][0], rs[0], rs[-1] + 1)
-        splits = [dask.delayed(_split)(p, *args[:5], wanted) for p in parts]
-        for (order, r), assembled in zip(batch, _assemble_layer(splits, batch, meta), strict=True):
+                starts, firsts, _ = plans[order]
+                a, b = rs[0], rs[-1] + 1
+                # the batch's units, and the next unit's start (rows from there are left out)
+                wanted[order] = (starts[firsts[a] : firsts[b] + 1], firsts[a : b + 1], a)
+        splits = [dask.delayed(_split)(p, *args[:5], layout, wanted) for p in parts]
+        for (order, r), assembled in zip(
+            batch, _assemble_layer(splits, batch, layout), strict=True
+        ):
             ranges[order][r] = assembled
     out: dict[str, Any] = {"batches": [[(order_name[o], r) for o, r in batch] for batch in batches]}
     for order, (_, firsts, _) in plans.items():
@@ -381,7 +439,7 @@ def _shuffle(
     return out
 
 
-def _assemble_layer(splits: list[Any], batch: list[tuple[str, int]], meta: Any) -> list[Any]:
+def _assemble_layer(splits: list[Any], batch: list[tuple[str, int]], layout: Layout) -> list[Any]:
     """The lazy range frames of a batch: one piece task per (input, range), one assemble
     task per range, written as one graph layer (``dask.delayed`` costs ~80 us a call, and
     10^8 points make ~20,000 pieces)."""
@@ -396,7 +454,7 @@ def _assemble_layer(splits: list[Any], batch: list[tuple[str, int]], meta: Any) 
             key = (f"{name}-piece", order, r, i)
             layer[key] = (_piece, split.key, order, r)
             pieces.append(key)
-        layer[(name, order, r)] = (_assemble, meta, *pieces)
+        layer[(name, order, r)] = (_assemble, layout, *pieces)
     graph = HighLevelGraph.from_collections(name, layer, dependencies=splits)
     return [Delayed((name, order, r), graph, layer=name) for order, r in batch]
 
@@ -420,6 +478,16 @@ def _units(ranges: list[Any], firsts: np.ndarray, rows: np.ndarray, meta: Any, o
     return dd.from_delayed(units, meta=meta, verify_meta=False)
 
 
+def _fits_one_batch(el: Points) -> bool:
+    """Whether the element's rows are known (without reading it) to fit one batch of both
+    copies: then the first pass keeps the input's columns and the input is read once."""
+    source = el.column_source
+    if source is None:
+        return False
+    rows = [source.rows(k) for k in range(el.npartitions)]
+    return all(r is not None for r in rows) and 2 * sum(rows) <= BATCH_ROWS
+
+
 def build_index(el: Points, *, limit: int, seed: int, row_group_rows: int, name: str) -> Points:
     """The indexed copy of ``el`` (statistics computed now, rows lazy)."""
     if el.npartitions == 0:
@@ -437,12 +505,30 @@ def build_index(el: Points, *, limit: int, seed: int, row_group_rows: int, name:
     cats = el.feature_categories
     n_codes = max(1, len(cats))
     parts = el.data.to_delayed()
-    states = list(dask.persist(*[dask.delayed(_slim)(p, lo, hi, seed, fk) for p in parts]))
+    meta = el.data._meta.assign(**{LEVEL: np.array([], dtype=np.uint8)})
+    layout = Layout.of(meta)
+    keep = _fits_one_batch(el)  # then the shuffle takes the columns kept by the first pass
+    source = row_group_source(el, layout) if keep else None
+    if source is not None:
+        tasks = [
+            dask.delayed(read_state)(source, k, lo, hi, seed, fk, layout)
+            for k in range(el.npartitions)
+        ]
+    else:
+        tasks = [dask.delayed(_slim)(p, lo, hi, seed, fk, layout if keep else None) for p in parts]
+    states = list(dask.persist(*tasks))
     probs, grid, max_counts, totals = _levels(states, hi[0] - lo[0], hi[1] - lo[1], limit)
     bits = _coarse_bits(grid, probs, totals, limit, row_group_rows)
-    ((bins, counts, by_feature),) = dask.compute(
+    (total,) = dask.compute(
         _tree([dask.delayed(_final_counts)(s, probs, n_codes, bits) for s in states], _merge_final)
     )
+    if len(total) == 2:
+        bins, counts = sparse_bins(total[0], bits)
+        by_feature = total[1]
+    else:
+        bins, counts, by_feature = total
+    if keep:
+        parts = states
     del states
     bins = bins.astype(np.uint64)
     s_starts, s_levels, s_rows, s_boxes = _spatial_cuts(bins, counts, row_group_rows, lo, hi, bits)
@@ -451,8 +537,7 @@ def build_index(el: Points, *, limit: int, seed: int, row_group_rows: int, name:
         f_starts, f_info = _feature_cuts(by_feature, row_group_rows)
         info = np.array(f_info, dtype=np.int64).reshape(-1, 5)
         copies["f"] = (f_starts.astype(np.uint64), info[:, 4])
-    meta = el.data._meta.assign(**{LEVEL: np.array([], dtype=np.uint8)})
-    built = _shuffle(parts, copies, meta, (lo, hi, seed, fk, probs))
+    built = _shuffle(parts, copies, meta, layout, (lo, hi, seed, fk, probs))
     data, s_ranges, s_range_units = built["s"]
     levels_desc = []
     total = by_feature.sum(axis=1)
