@@ -64,7 +64,7 @@ class Read(Node):
         bounds = self.element.partition_bounds  # type: ignore[attr-defined]
         if bounds is None:
             return list(range(n))
-        return [k for k in range(n) if _meets(bounds[k], self.bbox)]
+        return np.flatnonzero(_meets(np.asarray(bounds, dtype=np.float64), self.bbox)).tolist()
 
     def describe(self) -> str:
         kind = type(self.element).__name__
@@ -83,11 +83,19 @@ class Read(Node):
         return what
 
 
-def _meets(b: np.ndarray, box: tuple[float, float, float, float]) -> bool:
-    d = len(b) // 2
-    if np.any(np.isnan(b)):
-        return False  # an empty partition
-    return bool(b[0] <= box[2] and b[d] >= box[0] and b[1] <= box[3] and b[d + 1] >= box[1])
+def _meets(bounds: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
+    """Which partitions (rows of ``bounds``: minima then maxima per axis) meet the 2D ``box``;
+    NaN bounds (an empty partition) meet nothing. Vectorized: 10^8 points are ~6,000 row
+    groups, whose test one by one took ~20 ms of a query's planning."""
+    d = bounds.shape[1] // 2
+    with np.errstate(invalid="ignore"):
+        return (
+            ~np.isnan(bounds).any(axis=1)
+            & (bounds[:, 0] <= box[2])
+            & (bounds[:, d] >= box[0])
+            & (bounds[:, 1] <= box[3])
+            & (bounds[:, d + 1] >= box[1])
+        )
 
 
 @dataclass(frozen=True, eq=False)
