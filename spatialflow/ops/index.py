@@ -19,9 +19,9 @@ benchmarks/points_index.py at 10^7 points (1,000 genes): a query at the finest l
 box reads at least about one unit per level plus the units its box straddles, so Q3's bytes
 grow with the cap: 1.0% of a full scan at 4096, 1.6% at 8192, 3.6% at 16384 and 5.9% at 32768
 (the target is <= 2%); every query stays under 40 ms at any of these caps. 4096 halves Q3's
-bytes but doubles the row groups: 1.45x the footer metadata (3.8 MB against 2.6 MB), a full
-scan twice as slow, and more per-row-group work in the build. 8192 is the largest cap within
-the bytes target.
+bytes but doubles the row groups: 1.45x the footer metadata (3.8 MB against 2.6 MB when
+measured, with index version 1's JSON unit tables), a full scan twice as slow, and more
+per-row-group work in the build. 8192 is the largest cap within the bytes target.
 """
 
 from __future__ import annotations
