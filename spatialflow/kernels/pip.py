@@ -197,6 +197,16 @@ def _grow(a, n):
     return out
 
 
+@numba.njit(cache=True, inline="always")
+def _trim(a: np.ndarray, n: int) -> np.ndarray:
+    """The first ``n`` values: a view when they fill at least half of ``a`` (most points of a
+    join find a cell; copying 10^7 pairs into fresh memory cost ~0.2 s of a 1 s join), else a
+    copy so a sparse result does not hold the whole buffer."""
+    if 2 * n >= a.size:
+        return a[:n]
+    return a[:n].copy()
+
+
 @numba.njit(cache=True, nogil=True)
 def _pip(x, y, coords, ring_offsets, part_ring_offsets, geom_part_offsets, bounds, inner, grid):
     x0, y0, cs, nx, ny, cell_offsets, cell_items = grid
@@ -225,7 +235,7 @@ def _pip(x, y, coords, ring_offsets, part_ring_offsets, geom_part_offsets, bound
                 pi[n] = i
                 gi[n] = g
                 n += 1
-    return pi[:n].copy(), gi[:n].copy()
+    return _trim(pi, n), _trim(gi, n)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -252,7 +262,7 @@ def _pic(x, y, cx, cy, r, grid):
                 pi[n] = i
                 gi[n] = g
                 n += 1
-    return pi[:n].copy(), gi[:n].copy()
+    return _trim(pi, n), _trim(gi, n)
 
 
 def _as_points(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
