@@ -305,6 +305,12 @@ def stored_shapes(tmp_path_factory):
     return path
 
 
+# a box over part of the `stored_shapes` store, as the small-query tests use it
+STORED_BOX = dict(
+    axes=XY, min_coordinate=[300, 420], max_coordinate=[480, 610], target_coordinate_system="global"
+)
+
+
 @pytest.mark.parametrize(
     "path", ["kernel", "decode-all", "jit-paid-off", "batches", "per-partition"]
 )
@@ -338,12 +344,7 @@ def test_shape_queries_read_batches_of_row_groups_and_match_spatialdata(
         for el in ds.shapes.values():
             el.frame_source = None
         ds.points["pts"].column_source = None
-    box = dict(
-        axes=XY,
-        min_coordinate=[300, 420],
-        max_coordinate=[480, 610],
-        target_coordinate_system="global",
-    )
+    box = STORED_BOX
     q = sf.bounding_box_query(ds, **box)
     touched = len(q.shapes["polys"].plan.partitions())
     tasks = {"per-partition": touched, "batches": (touched + 1) // 2}.get(path, 1)
@@ -391,12 +392,7 @@ def test_small_queries_of_a_native_store_equal_the_per_partition_path(stored_sha
     sf.read(stored_shapes).write(repo, format="icechunk", message="shapes")
     ds = sf.read(repo)
     assert ds.shapes["polys"].frame_source is not None
-    box = dict(
-        axes=XY,
-        min_coordinate=[300, 420],
-        max_coordinate=[480, 610],
-        target_coordinate_system="global",
-    )
+    box = STORED_BOX
     one_task = sf.bounding_box_query(ds, **box)
     for el in ds.shapes.values():
         el.frame_source = None

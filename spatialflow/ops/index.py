@@ -37,6 +37,7 @@ from spatialflow.dataset import Dataset
 from spatialflow.elements.points import Points
 from spatialflow.elements.points_index import IndexCopy, PointsIndex
 from spatialflow.ops.query import QueryError
+from spatialflow.plan.nodes import boxes_meet
 from spatialflow.plan.points_index import build_index
 from spatialflow.plan.viewport import LazyViewport, ViewportPlan, plan_units
 from spatialflow.transforms import get_transformation_between
@@ -194,9 +195,7 @@ def viewport_query(
         if bounds is None:
             units = np.arange(el.npartitions)
         else:
-            d = len(el.axes)
-            b2 = np.concatenate([bounds[:, :2], bounds[:, d : d + 2]], axis=1)
-            units = np.flatnonzero(_hits(b2, local_box))
+            units = np.flatnonzero(boxes_meet(bounds, local_box))
         plan = ViewportPlan(name, "scan", units, el.npartitions, 0, codes, local_box, box, m, -1)
         return LazyViewport(el, plan, None)
     if max_level is None:
@@ -229,13 +228,3 @@ def viewport_query(
 
 def copy_rows(copy: IndexCopy, units: np.ndarray) -> int:
     return int(copy.rows[units].sum()) if len(units) else 0
-
-
-def _hits(bounds: np.ndarray, box: tuple[float, ...]) -> np.ndarray:
-    nan = np.isnan(bounds).any(axis=1)
-    return ~nan & (
-        (bounds[:, 0] <= box[2])
-        & (bounds[:, 2] >= box[0])
-        & (bounds[:, 1] <= box[3])
-        & (bounds[:, 3] >= box[1])
-    )

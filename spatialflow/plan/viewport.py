@@ -30,6 +30,7 @@ import pandas as pd
 from spatialflow.elements.points import Points
 from spatialflow.elements.points_index import LEVEL, IndexCopy
 from spatialflow.elements.sources import FrameColumns
+from spatialflow.plan.nodes import boxes_meet
 
 __all__ = ["DIRECT_UNITS", "LazyViewport", "ViewportPlan", "plan_units"]
 
@@ -67,20 +68,11 @@ class ViewportPlan:
         return len(self.units) <= DIRECT_UNITS
 
 
-def _intersects(bounds: np.ndarray, box: tuple[float, ...]) -> np.ndarray:
-    b = np.asarray(bounds, dtype=np.float64)
-    if b.size == 0:
-        return np.zeros(0, dtype=bool)
-    nan = np.isnan(b).any(axis=1)
-    hit = (b[:, 0] <= box[2]) & (b[:, 2] >= box[0]) & (b[:, 1] <= box[3]) & (b[:, 3] >= box[1])
-    return hit & ~nan
-
-
 def plan_units(
     copy: IndexCopy, max_level: int, codes: np.ndarray | None, box: tuple[float, ...]
 ) -> np.ndarray:
     """Units of ``copy`` that may hold points of levels <= max_level, ``codes``, in ``box``."""
-    keep = (copy.levels[:, 0] <= max_level) & _intersects(copy.bounds, box)
+    keep = (copy.levels[:, 0] <= max_level) & boxes_meet(copy.bounds, box)
     if codes is not None and len(copy.codes):
         lo = np.searchsorted(codes, copy.codes[:, 0], side="left")
         hi = np.searchsorted(codes, copy.codes[:, 1], side="right")
