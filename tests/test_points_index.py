@@ -160,6 +160,25 @@ def test_stored_input_read_once_gives_the_same_output(source, indexed, tmp_path)
     assert got.index.description == indexed[0].points["tx"].index.description
 
 
+def test_missing_float_values_stay_missing(source, tmp_path):
+    """A float column with NaN keeps them as nulls in the written index (as pandas writes
+    them) and reads back as NaN; columns without NaN are wrapped without a null bitmap."""
+    import pyarrow.parquet as pq
+
+    df = source.assign(qv=np.where(np.arange(len(source)) % 7 == 0, np.nan, 1.5))
+    el = sf.index_points(_dataset(df, 3), "tx", limit=LIMIT, seed=3, row_group_rows=2_000)
+    out = sf.Dataset()
+    out.points["tx"] = el
+    out.write(tmp_path / "nan.zarr")
+    files = sorted((tmp_path / "nan.zarr/points/tx/points.parquet").glob("*.parquet"))
+    table = pq.ParquetDataset(files).read()
+    assert table.column("qv").null_count == int(df["qv"].isna().sum()) > 0
+    assert table.column("x").null_count == 0 and table.column("level").null_count == 0
+    back = sf.read(tmp_path / "nan.zarr").points["tx"].data.compute().sort_index()
+    pd.testing.assert_series_equal(back["qv"], df["qv"].sort_index(), check_names=False)
+    pd.testing.assert_series_equal(back["x"], df["x"].sort_index(), check_names=False)
+
+
 def _brute(table, box, max_level, genes):
     sel = table[
         (table["x"] >= box[0])

@@ -141,10 +141,19 @@ class Layout:
                 dictionary = self.dictionaries[i][0]
                 arrays.append(pa.DictionaryArray.from_arrays(codes, dictionary, from_pandas=True))
             elif kind == "num":
-                arrays.append(pa.array(col, type=field.type, from_pandas=True))
+                arrays.append(_numeric_array(col, field.type))
             else:
                 arrays.append(col)
         return pa.Table.from_arrays(arrays, schema=self.schema)
+
+
+def _numeric_array(col: np.ndarray, kind: pa.DataType) -> pa.Array:
+    """A numpy column as Arrow, NaN (NaT) as null as pandas has it. Integers and floats
+    without NaN are wrapped as they are: Arrow's pandas conversion scans every value for
+    nulls, ~4x the cost of numpy's NaN test (~0.06 s of the 10^7-point build)."""
+    if col.dtype.kind in "biu" or (col.dtype.kind == "f" and not np.isnan(col).any()):
+        return pa.array(col, type=kind)
+    return pa.array(col, type=kind, from_pandas=True)
 
 
 def field_codes_dtype(kind: pa.DataType) -> np.dtype:
