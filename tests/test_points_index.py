@@ -154,10 +154,31 @@ def test_stored_input_read_once_gives_the_same_output(source, indexed, tmp_path)
     stored = sf.read(tmp_path / "in.zarr")
     el = stored.points["tx"]
     layout = Layout.of(el.data._meta.assign(level=np.array([], dtype=np.uint8)))
-    assert build._fits_one_batch(el) and row_group_source(el, layout) is not None
+    assert build._keeps_input(el, layout) and row_group_source(el, layout) is not None
     got = sf.index_points(stored, "tx", limit=LIMIT, seed=3, row_group_rows=2_000)
     pd.testing.assert_frame_equal(got.data.compute(), indexed[1])
     assert got.index.description == indexed[0].points["tx"].index.description
+
+
+def test_kept_input_in_many_batches_and_input_read_again(source, indexed, tmp_path, monkeypatch):
+    """A stored input kept in memory is split batch after batch from the kept columns; one
+    too large for the memory budget is read again for every batch: the same rows either way."""
+    import spatialflow.plan.index_columns as columns
+    import spatialflow.plan.points_index as build
+
+    _dataset(source, 4).write(tmp_path / "in.zarr")
+    monkeypatch.setattr(build, "BATCH_ROWS", 20_000)
+    reads = []
+    read_state = columns.read_state
+    monkeypatch.setattr(build, "read_state", lambda *a: reads.append(a[1]) or read_state(*a))
+    for fraction, kept in ((0.5, True), (0.0, False)):
+        monkeypatch.setattr(build, "KEEP_FRACTION", fraction)
+        stored = sf.read(tmp_path / "in.zarr")
+        reads.clear()
+        got = sf.index_points(stored, "tx", limit=LIMIT, seed=3, row_group_rows=2_000)
+        assert len(got.index.batches) >= 2
+        assert sorted(reads) == (list(range(stored.points["tx"].npartitions)) if kept else [])
+        pd.testing.assert_frame_equal(got.data.compute(), indexed[1])
 
 
 def test_missing_float_values_stay_missing(source, tmp_path):

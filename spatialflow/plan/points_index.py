@@ -19,10 +19,13 @@ Decisions (the algorithm itself is described in kernels/morton.py):
   about ``row_group_rows`` rows) and feature-first ones (cut at feature changes once a unit
   holds ``row_group_rows // 8`` rows, and between levels of a feature that would pass
   ``row_group_rows``). The row count of every unit is known before any row moves.
-* **Read once when it fits.** When the input's row count is known (a stored element) and its
-  rows fit one batch, the first pass keeps each partition's columns next to its state (read
-  from parquet row groups straight into numpy, ``index_columns.read_state``), and the shuffle splits those:
-  the input is read once. Otherwise each batch reads the input again.
+* **Read once when it fits in memory.** When the input's row count is known (a stored
+  element) and its columns, state and split keys take at most ``KEEP_FRACTION`` of the
+  memory (the workers' limits, or this machine's available memory: ``_keeps_input``), the
+  first pass keeps each partition's columns next to its state (read from parquet row groups
+  straight into numpy, ``index_columns.read_state``), and every batch splits those: the
+  input is read once. Otherwise each batch reads the input again (at 10^8 points with 5
+  batches, reading again cost ~25 s of a ~52 s build).
 * **A shuffle of few, large tasks, no pandas.** Consecutive units are grouped into *ranges*
   of about ``RANGE_ROWS`` rows. Each input partition is split once per *batch* (ranges of
   both copies holding at most ``BATCH_ROWS`` rows: one batch below ~25M points) by one
@@ -99,6 +102,9 @@ log = logging.getLogger(__name__)
 RANGE_ROWS = 1 << 20  # rows of one range: one sort task, one parquet file
 BATCH_ROWS = 48 << 20  # rows (both copies) split from the input at once
 DENSE_BINS = 1 << 23  # coarse histograms up to this many bins are dense arrays, else sparse
+KEEP_FRACTION = 0.5  # of the memory (``_memory_bytes``) the kept input may take
+STATE_BYTES = 10  # a point's slim state: quantized x, y, content hash, feature code
+SPLIT_KEY_BYTES = 17  # a point's level and two sort keys while a batch is split
 
 
 # --- per-partition kernels (run on the workers) -------------------------------------------
@@ -478,14 +484,32 @@ def _units(ranges: list[Any], firsts: np.ndarray, rows: np.ndarray, meta: Any, o
     return dd.from_delayed(units, meta=meta, verify_meta=False)
 
 
-def _fits_one_batch(el: Points) -> bool:
-    """Whether the element's rows are known (without reading it) to fit one batch of both
-    copies: then the first pass keeps the input's columns and the input is read once."""
+def _memory_bytes() -> int:
+    """Memory the build may plan with: the workers' memory limits summed when a distributed
+    client runs the graph, else what this machine has available."""
+    import psutil
+
+    client = getattr(dask.base.get_scheduler(), "__self__", None)
+    if client is not None and hasattr(client, "scheduler_info"):
+        limits = [w.get("memory_limit") or 0 for w in client.scheduler_info()["workers"].values()]
+        if limits and all(limits):
+            return int(sum(limits))
+    return int(psutil.virtual_memory().available)
+
+
+def _keeps_input(el: Points, layout: Layout) -> bool:
+    """Whether the first pass keeps the input's columns for the shuffle (then the input is
+    read once, however many batches): its rows are known without reading it, and its
+    columns, state and split keys fit ``KEEP_FRACTION`` of the memory (``_memory_bytes``)."""
     source = el.column_source
     if source is None:
         return False
     rows = [source.rows(k) for k in range(el.npartitions)]
-    return all(r is not None for r in rows) and 2 * sum(rows) <= BATCH_ROWS
+    if any(r is None for r in rows):
+        return False
+    width = sum(8 if d is None else np.dtype(d).itemsize for d in layout.dtypes)
+    per_row = width + STATE_BYTES + SPLIT_KEY_BYTES
+    return sum(rows) * per_row <= KEEP_FRACTION * _memory_bytes()
 
 
 def build_index(el: Points, *, limit: int, seed: int, row_group_rows: int, name: str) -> Points:
@@ -507,7 +531,7 @@ def build_index(el: Points, *, limit: int, seed: int, row_group_rows: int, name:
     parts = el.data.to_delayed()
     meta = el.data._meta.assign(**{LEVEL: np.array([], dtype=np.uint8)})
     layout = Layout.of(meta)
-    keep = _fits_one_batch(el)  # then the shuffle takes the columns kept by the first pass
+    keep = _keeps_input(el, layout)  # then the shuffle takes the columns the first pass kept
     source = row_group_source(el, layout) if keep else None
     if source is not None:
         tasks = [
