@@ -285,6 +285,40 @@ def test_transformed_coordinate_system(source):
     pd.testing.assert_frame_equal(got.sort_index(), want.sort_index())
 
 
+def test_exact_plans_skip_the_row_filter(source, tmp_path):
+    """A query holding whole units (a whole gene, the whole extent) reads them without the row
+    filter and still returns what a brute-force filter does (points on the closed box's edge
+    kept); a box a little smaller is filtered row by row; a transformed one is exact within a
+    margin."""
+    gene = "g07"
+    ds = _dataset(source, 3)
+    ds.points["tx"].transforms["um"] = sf.Scale([0.5, 0.25], axes=("x", "y"))
+    out = sf.Dataset()
+    out.points["tx"] = sf.index_points(ds, "tx", limit=LIMIT, seed=3, row_group_rows=2_000)
+    out.write(tmp_path / "exact.zarr")
+    back = sf.read(tmp_path / "exact.zarr")
+    table = back.points["tx"].data.compute()
+    lo = (float(table["x"].min()), float(table["y"].min()))
+    hi = (float(table["x"].max()), float(table["y"].max()))
+    cases = [
+        ("global", lo, hi, [gene], True),  # the data's own bounds: the edge points count
+        ("global", lo, hi, None, True),
+        ("global", (1000.0, lo[1]), hi, [gene], False),  # cuts through the units
+        ("um", (-1, -1), (1001, 251), [gene], True),
+    ]
+    for cs, a, b, genes, exact in cases:
+        q = sf.viewport_query(
+            back, "tx", min_coordinate=a, max_coordinate=b, target_coordinate_system=cs, genes=genes
+        )
+        assert q.plan.exact is exact and ("filter: none" in q.explain(print_=False)) is exact
+        got = q.compute()
+        if cs == "um":
+            a, b = (a[0] * 2, a[1] * 4), (b[0] * 2, b[1] * 4)
+        want = _brute(table, (*a, *b), q.plan.max_level, genes)
+        assert len(want)
+        pd.testing.assert_frame_equal(got.sort_index(), want.sort_index())
+
+
 def test_spatialdata_layout_round_trip_and_spatialdata_reads_it(indexed, tmp_path, source):
     import spatialdata as sd
 

@@ -39,7 +39,7 @@ from spatialflow.elements.points_index import IndexCopy, PointsIndex
 from spatialflow.ops.query import QueryError
 from spatialflow.plan.nodes import boxes_meet
 from spatialflow.plan.points_index import build_index
-from spatialflow.plan.viewport import LazyViewport, ViewportPlan, plan_units
+from spatialflow.plan.viewport import LazyViewport, ViewportPlan, covers, plan_units
 from spatialflow.transforms import get_transformation_between
 
 __all__ = ["DEFAULT_ROW_GROUP_ROWS", "index_points", "viewport_query"]
@@ -222,6 +222,7 @@ def viewport_query(
         box,
         m,
         int(copy_rows(copy, units)),
+        covers(copy, units, int(max_level), codes, box, m),
     )
     return LazyViewport(el, plan, copy)
 
