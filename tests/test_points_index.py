@@ -14,7 +14,7 @@ from scipy import stats
 
 import spatialflow as sf
 from spatialflow.errors import SpatialFlowError
-from spatialflow.kernels.morton import assign_levels, grid_levels
+from spatialflow.kernels.morton import assign_levels, extend_levels, grid_levels
 
 LIMIT = 400
 N = 40_000
@@ -109,8 +109,15 @@ def test_kept_fraction_is_the_same_in_every_cell(source, indexed):
         pool &= lv_col != level["level"]
     # the kernel agrees: the level of a point is its first successful draw
     probs = np.array([lv["probability"] for lv in desc["levels"]])
-    lv = assign_levels(np.arange(1000, dtype=np.uint32), probs)
+    h = np.random.default_rng(5).integers(0, 2**32, 5000, dtype=np.uint64).astype(np.uint32)
+    lv = assign_levels(h, probs)
     assert (lv >= 0).all() and (lv < len(probs)).all()
+    # drawn one level at a time (as the build's passes do), the levels are the same
+    step = np.full(h.size, -1, dtype=np.int8)
+    for k in range(1, len(probs) + 1):
+        extend_levels(h, step, probs[:k], k - 1)
+        np.testing.assert_array_equal(step, assign_levels(h, probs[:k]))
+    assert len(np.unique(step)) == len(probs)
 
 
 def test_same_output_for_one_and_seven_partitions(source, indexed):

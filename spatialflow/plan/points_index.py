@@ -8,9 +8,10 @@ Decisions (the algorithm itself is described in kernels/morton.py):
   client: their size is the number of occupied cells, never the number of points). Like
   dask's ``sort_values``, which computes its divisions when the graph is built,
   ``build_index`` runs these reductions and returns a Points element whose rows are still
-  lazy. The inputs are first reduced to a persisted slim state of 10 bytes a point (quantized
-  x and y, a 32-bit content hash, the feature code), so each level's pass is one numba loop
-  over that state; partial histograms are summed in a tree of tasks.
+  lazy. The inputs are first reduced to a persisted slim state of 11 bytes a point (quantized
+  x and y, a 32-bit content hash, the feature code, and the levels drawn so far, ``_Levels``),
+  so each level's pass is one numba loop over that state drawing only the new level; partial
+  histograms are summed in a tree of tasks.
 * **Cuts from histograms.** A last pass counts points per (level, Z-cell; a level's cells are
   only as fine as its units need, at most 2**10 a side, see ``_coarse_bits``) and per (level,
   feature), straight from the state into one dense histogram per partition (summed; sorted
@@ -59,6 +60,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from typing import Any
 
 import dask
@@ -74,9 +76,11 @@ from spatialflow.kernels.morton import (
     BITS,
     COARSE_SHIFT,
     MAX_LEVELS,
+    assign_levels,
     bin_offsets,
     coarse_counts,
     coarse_histogram,
+    extend_levels,
     gather,
     grid_levels,
     point_state,
@@ -103,7 +107,7 @@ RANGE_ROWS = 1 << 20  # rows of one range: one sort task, one parquet file
 BATCH_ROWS = 48 << 20  # rows (both copies) split from the input at once
 DENSE_BINS = 1 << 23  # coarse histograms up to this many bins are dense arrays, else sparse
 KEEP_FRACTION = 0.5  # of the memory (``_memory_bytes``) the kept input may take
-STATE_BYTES = 10  # a point's slim state: quantized x, y, content hash, feature code
+STATE_BYTES = 11  # a point's slim state: quantized x, y, content hash, feature code, level
 SPLIT_KEY_BYTES = 17  # a point's level and two sort keys while a batch is split
 
 
@@ -129,26 +133,67 @@ def _state(df: pd.DataFrame, lo: tuple, hi: tuple, seed: int, fk: str | None) ->
     return ix, iy, h, codes
 
 
+class _Levels:
+    """The levels drawn so far for one partition's points (int8, -1: still in the pool), kept
+    next to its persisted state and extended in place as the levels are decided, so each pass
+    draws only the new level (kernels/morton.py ``extend_levels``). A call whose
+    probabilities do not extend those already applied (a retried task, another build) starts
+    over, so no result depends on the calls before it; a lock keeps concurrent tasks on one
+    partition apart. Pickled (a state moved to another worker), it carries its levels."""
+
+    def __init__(self) -> None:
+        self._lv: np.ndarray | None = None
+        self._probs = np.empty(0)
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"lv": self._lv, "probs": self._probs}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._lv, self._probs = state["lv"], state["probs"]
+        self._lock = threading.Lock()
+
+    def __sizeof__(self) -> int:
+        return 64 + (0 if self._lv is None else self._lv.nbytes)
+
+    def run(self, h: np.ndarray, probs: np.ndarray, fn: Any) -> Any:
+        """``fn(levels)`` for the levels under ``probs`` (the lock held: ``fn`` reads them)."""
+        probs = np.asarray(probs, dtype=np.float64)
+        with self._lock:
+            k = len(self._probs)
+            if self._lv is None or k > len(probs) or not np.array_equal(self._probs, probs[:k]):
+                self._lv, k = np.full(len(h), -1, dtype=np.int8), 0
+            if len(probs) > k:
+                extend_levels(h, self._lv, probs, k)
+                self._probs = probs.copy()
+            return fn(self._lv)
+
+
 def _slim(
     df: pd.DataFrame, lo: tuple, hi: tuple, seed: int, fk: str | None, layout: Layout | None
 ) -> tuple:
     """The slim state of a partition, and with ``layout`` its columns too (kept for the
-    shuffle, which then does not read the input again)."""
+    shuffle, which then does not read the input again), and its levels (``_Levels``)."""
     ix, iy, h, codes = _state(df, lo, hi, seed, fk)
     codes = codes.astype(np.int16 if codes.size == 0 or codes.max() < 2**15 else np.int32)
-    return ix, iy, h, codes, None if layout is None else layout.columns(df)
+    return ix, iy, h, codes, None if layout is None else layout.columns(df), _Levels()
+
+
+def _read_state(*args: Any) -> tuple:
+    """``read_state`` (the state and columns of a stored partition) and its levels."""
+    return (*read_state(*args), _Levels())
 
 
 def _pool_counts(state: tuple, probs: np.ndarray, splits: tuple[int, int]) -> tuple:
     ix, iy, h = state[:3]
-    return pool_counts(ix, iy, h, probs, splits)
+    return state[5].run(h, probs, lambda lv: pool_counts(ix, iy, lv, splits))
 
 
 def _final_counts(state: tuple, probs: np.ndarray, n_codes: int, bits: np.ndarray) -> tuple:
     ix, iy, h, codes = state[:4]
     if bin_offsets(bits)[-1] <= DENSE_BINS:
-        return coarse_histogram(ix, iy, h, codes, probs, bits, n_codes)
-    _, skey, fkey = split_keys(ix, iy, h, codes, probs)
+        return state[5].run(h, probs, lambda lv: coarse_histogram(ix, iy, lv, codes, bits, n_codes))
+    _, skey, fkey = state[5].run(h, probs, lambda lv: split_keys(ix, iy, lv, codes))
     return coarse_counts(skey, fkey, len(probs), n_codes, bits)
 
 
@@ -170,11 +215,12 @@ def _split(
     this batch copy their rows, so a batch holds only its own rows of every input."""
     kept = isinstance(src, tuple)
     if kept:
-        ix, iy, h, codes, cols = src
+        ix, iy, h, codes, cols, levels = src
+        lv, skey, fkey = levels.run(h, probs, lambda lv: split_keys(ix, iy, lv, codes))
     else:
         ix, iy, h, codes = _state(src, lo, hi, seed, fk)
         cols = layout.columns(src)
-    lv, skey, fkey = split_keys(ix, iy, h, codes, probs)
+        lv, skey, fkey = split_keys(ix, iy, assign_levels(h, probs), codes)
     cols = list(cols)
     cols[layout.names.index(LEVEL)] = lv
     out: dict[tuple[str, int], tuple] = {}
@@ -535,7 +581,7 @@ def build_index(el: Points, *, limit: int, seed: int, row_group_rows: int, name:
     source = row_group_source(el, layout) if keep else None
     if source is not None:
         tasks = [
-            dask.delayed(read_state)(source, k, lo, hi, seed, fk, layout)
+            dask.delayed(_read_state)(source, k, lo, hi, seed, fk, layout)
             for k in range(el.npartitions)
         ]
     else:
