@@ -387,6 +387,11 @@ def test_job_step_builds_on_a_cluster_and_commits(source, tmp_path, cluster_clie
     assert out.index is not None and out.index.description["limit"] == 300
     direct = sf.index_points(ds, "tx", limit=300).data.compute()
     pd.testing.assert_frame_equal(out.data.compute(), direct)
+    # on a cluster, whether to keep the input is planned with the workers' memory limits
+    import spatialflow.plan.points_index as build
+
+    workers = cluster_client.scheduler_info()["workers"].values()
+    assert build._memory_bytes() == sum(w["memory_limit"] for w in workers) > 0
 
 
 def test_unindexed_fallback_and_errors(indexed, source):

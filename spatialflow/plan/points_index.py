@@ -426,7 +426,11 @@ def _memory_bytes() -> int:
 
     client = getattr(dask.base.get_scheduler(), "__self__", None)
     if client is not None and hasattr(client, "scheduler_info"):
-        limits = [w.get("memory_limit") or 0 for w in client.scheduler_info()["workers"].values()]
+        try:  # every worker (some releases list only the first few by default)
+            info = client.scheduler_info(n_workers=-1)
+        except TypeError:  # releases without the argument list them all
+            info = client.scheduler_info()
+        limits = [w.get("memory_limit") or 0 for w in info["workers"].values()]
         if limits and all(limits):
             return int(sum(limits))
     return int(psutil.virtual_memory().available)
