@@ -47,12 +47,14 @@ Decisions (the algorithm itself is described in kernels/morton.py):
 * Profile at 10^7 points, 1,000 genes (2 cores, shared): the first design split every input
   into a pandas piece per output row group and wrote each through its own pandas -> Arrow
   conversion (~16x spatialdata's write); the pandas shuffle of ranges was ~4.6x (8.6 CPU s).
-  Now the build takes ~5.5-6 CPU s (~3.0-3.4 s wall, ~3x spatialdata's write of the same
-  points): parquet encoding and writing of the two copies ~1.0 s, the range gathers and
-  unit sorts ~1.1 s (user) plus the split ~0.4 s, reading and the first pass ~0.5 s, the
-  level passes ~0.3 s and the histogram ~0.2 s; the rest is system time taking fresh memory
-  (this VM faults pages in slowly: ~1 ms a MB), which is why the shuffle copies rows as few
-  times as it can. Arrow's default (mimalloc) pool in threaded parquet reads was ~0.7 s of
+  Now the build takes ~4.7 CPU s (~2.7 s wall, ~3.8x spatialdata's 0.7 s write of the same
+  points, median of 3 runs): assembling the ranges ~1.9 s (gathers from the kept input
+  ~1.0, unit sorts ~0.3, the second gather ~0.2), parquet encoding and writing of the two
+  copies ~1.0-1.3 s, reading and the first pass ~0.7 s, the split ~0.45 s, the level passes
+  and the histogram ~0.35 s; memory never touched before costs ~2 ms a MB on this VM
+  (~0.3 ms when reused), which is why the shuffle copies rows as few times as it can
+  (scattering columns straight to their sorted places instead of gathering them twice was
+  tried: slower, 1.50 -> 1.84 s). Arrow's default (mimalloc) pool in threaded parquet reads was ~0.7 s of
   that system time where jemalloc takes ~0.2 s; it is process-wide, so left as it is.
 """
 
