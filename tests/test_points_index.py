@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import warnings
 
+import dask
 import numpy as np
 import pandas as pd
 import pytest
@@ -127,6 +128,15 @@ def test_same_output_for_one_and_seven_partitions(source, indexed):
     pd.testing.assert_frame_equal(el1.data.compute(), table7)
     assert el1.index.description == ds7.points["tx"].index.description
     np.testing.assert_array_equal(el1.index.spatial.rows, ds7.points["tx"].index.spatial.rows)
+    # the feature-first copy too: each unit (whole (feature, level) cells) in input order
+    f1 = el1.index.by_feature.data.to_delayed()
+    f7 = ds7.points["tx"].index.by_feature.data.to_delayed()
+    assert len(f1) == len(f7) > 1
+    rows = _dataset(source, 1).points["tx"].data.compute().index  # the element's row order
+    position = pd.Series(np.arange(len(rows)), index=rows)
+    for u1, u7 in zip(dask.compute(*f1), dask.compute(*f7), strict=True):
+        pd.testing.assert_frame_equal(u1, u7)
+        assert len(u1) and position[u1.index].is_monotonic_increasing
     # another seed draws other levels
     el2 = sf.index_points(_dataset(source, 3), "tx", limit=LIMIT, seed=4, row_group_rows=2_000)
     assert not el2.data.compute()["level"].sort_index().equals(table7["level"].sort_index())
@@ -425,3 +435,28 @@ def test_unindexed_fallback_and_errors(indexed, source):
             sf.viewport_query(ds, "missing", **kw)
         with pytest.raises(SpatialFlowError, match="limit"):
             sf.index_points(ds, "tx", limit=0)
+
+
+def test_feature_first_join_keeps_input_order_for_every_column_kind():
+    """``concat_units``: unit by unit, piece by piece, each piece's rows as given; numeric
+    columns by the GIL-free gathers, Arrow (string) columns by one take."""
+    import pyarrow as pa
+
+    from spatialflow.plan.index_columns import Piece, concat_units
+
+    rng = np.random.default_rng(0)
+    pieces, expected = [], {u: [] for u in range(4)}
+    for p in range(3):
+        n = 50
+        x = rng.normal(size=n)
+        s = pa.array([f"p{p}r{i}" for i in range(n)])
+        lens = rng.integers(0, 6, 4)
+        rows = rng.choice(n, int(lens.sum()), replace=False).astype(np.int32)
+        units = np.concatenate([[0], np.cumsum(lens)])
+        pieces.append(Piece([x, s], rows, np.zeros(n, np.uint64), np.zeros(n, np.uint32), units))
+        for u in range(4):
+            expected[u] += [(x[r], f"p{p}r{r}") for r in rows[units[u] : units[u + 1]]]
+    got_x, got_s = concat_units(pieces)
+    want = [row for u in range(4) for row in expected[u]]
+    np.testing.assert_array_equal(got_x, [w[0] for w in want])
+    assert got_s.to_pylist() == [w[1] for w in want]

@@ -3,7 +3,9 @@
 An indexed element's own rows are the *spatial-first* copy: ordered by (level, Morton code),
 each partition one level only and at most about ``row_group_rows`` rows (one parquet row
 group, or one native partition, once written). A *feature-first* copy of the same rows,
-ordered by (feature code, level, Morton code) and cut at feature changes, serves gene queries.
+serves gene queries: its partitions are runs of whole (feature code, level) cells in that
+order, cut at feature changes; a partition's rows are in the input's order (one row group
+each, so an order inside it would change none of its statistics and cost a sort).
 For each copy the index keeps one row per partition ("unit"): level range, feature-code range,
 rows and a bounding box (a conservative box before writing, the stored statistics after).
 

@@ -51,6 +51,7 @@ __all__ = [
     "extend_levels",
     "gather",
     "gather_into",
+    "gather_units",
     "grid_levels",
     "group_rows",
     "point_state",
@@ -59,6 +60,7 @@ __all__ = [
     "sort_order",
     "sparse_bins",
     "split_keys",
+    "unit_destinations",
     "unit_order",
 ]
 
@@ -462,6 +464,38 @@ def gather(src: np.ndarray, order: np.ndarray) -> np.ndarray:
     if src.dtype.kind not in "biuf" or src.ndim != 1:
         return src.take(order)
     return _gather(src, np.ascontiguousarray(order), np.empty(order.size, src.dtype))
+
+
+@numba.njit(cache=True, nogil=True)
+def _gather_units(src, rows, units, dest, out):  # type: ignore[no-untyped-def]
+    for u in range(units.size - 1):
+        d = dest[u] - units[u]
+        for i in range(units[u], units[u + 1]):
+            out[d + i] = src[rows[i]]
+    return out
+
+
+def unit_destinations(offsets: np.ndarray) -> np.ndarray:
+    """Where each piece's rows of each unit go when the pieces are joined unit by unit (unit
+    ``u``: piece 0's rows, then piece 1's, ...): ``offsets[p, u]`` to ``offsets[p, u + 1]``
+    are piece ``p``'s rows of unit ``u``; the result is (pieces, units)."""
+    lens = np.diff(np.asarray(offsets, dtype=np.int64), axis=1)
+    first = np.concatenate([[0], np.cumsum(lens.sum(axis=0))[:-1]])
+    return first + np.cumsum(lens, axis=0) - lens
+
+
+def gather_units(
+    src: np.ndarray, rows: np.ndarray, units: np.ndarray, dest: np.ndarray, out: np.ndarray
+) -> None:
+    """``out[dest[u] + k] = src[rows[units[u] + k]]`` for every unit ``u`` of one piece (rows
+    ``units[u]`` to ``units[u + 1]`` of ``rows``), without the GIL."""
+    _gather_units(
+        src,
+        np.ascontiguousarray(rows),
+        np.ascontiguousarray(units, dtype=np.int64),
+        np.ascontiguousarray(dest, dtype=np.int64),
+        out,
+    )
 
 
 @numba.njit(cache=True, nogil=True)

@@ -34,7 +34,13 @@ import pyarrow as pa
 
 from spatialflow.elements.points import Points
 from spatialflow.elements.points_index import LEVEL
-from spatialflow.kernels.morton import gather, gather_into, point_state
+from spatialflow.kernels.morton import (
+    gather,
+    gather_into,
+    gather_units,
+    point_state,
+    unit_destinations,
+)
 
 __all__ = [
     "NULL_INDEX",
@@ -42,6 +48,7 @@ __all__ = [
     "Piece",
     "concat_pieces",
     "concat_take",
+    "concat_units",
     "read_state",
     "row_group_source",
     "table_frame",
@@ -273,3 +280,32 @@ def table_frame(table: pa.Table) -> pd.DataFrame:
     if df.index.name == NULL_INDEX:
         df.index.name = None
     return df
+
+
+def concat_units(pieces: list[Piece]) -> list[Any]:
+    """The columns of ``pieces``' rows joined unit by unit, each unit's rows in input order
+    (piece by piece, each piece's rows as they are): one gather of each column straight from
+    the inputs into its place, no sort keys (the feature-first copy's order)."""
+    dest = unit_destinations(np.stack([p.units for p in pieces]))
+    n = sum(len(p) for p in pieces)
+    order = None
+
+    def joined(arrays: list[Any]) -> Any:
+        nonlocal order
+        numeric = all(isinstance(a, np.ndarray) and a.dtype.kind in "biuf" for a in arrays)
+        if numeric:
+            out = np.empty(n, dtype=np.result_type(*arrays))
+            for p, a, d in zip(pieces, arrays, dest, strict=True):
+                gather_units(a, p.rows, p.units, d, out)
+            return out
+        if order is None:  # the rows of the piece-by-piece join, unit by unit
+            order = np.empty(n, dtype=np.int64)
+            start = 0
+            for p, d in zip(pieces, dest, strict=True):
+                own = np.arange(start, start + len(p), dtype=np.int64)
+                gather_units(own, np.arange(len(p), dtype=np.int64), p.units, d, order)
+                start += len(p)
+        taken = [[take(a, p.rows)] for a, p in zip(arrays, pieces, strict=True)]
+        return take(concat_take(taken, None)[0], order)
+
+    return [joined([p.cols[j] for p in pieces]) for j in range(len(pieces[0].cols))]

@@ -31,10 +31,14 @@ Decisions (the algorithm itself is described in kernels/morton.py):
   of about ``RANGE_ROWS`` rows. Each input partition is split once per *batch* (ranges of
   both copies holding at most ``BATCH_ROWS`` rows: one batch below ~25M points) by one
   counting sort into pieces grouped by unit (plan/index_columns.py ``Piece``: rows of the
-  kept input by reference; a frame read for the batch copies its rows). Each range gathers
-  its pieces' rows and sorts each unit alone (``unit_order``: a stable radix sort of the
-  64-bit key within a unit, ties by the content hash, then input order; half the cost of
-  sorting the range), then takes its columns into an Arrow table. Columns move as numpy
+  kept input by reference; a frame read for the batch copies its rows). A spatial-first
+  range gathers its pieces' rows and sorts each unit alone (``unit_order``: a stable radix
+  sort of the 64-bit key within a unit, ties by the content hash, then input order; half the
+  cost of sorting the range), then takes its columns into an Arrow table. A feature-first
+  range gathers each column once, unit by unit, in input order (``concat_units``: no keys,
+  no sort; a unit is one row group, so an order inside it would change none of its
+  statistics: ~0.3 CPU s less at 10^7, and a file 3% smaller, its index delta-encoded in
+  input order). Columns move as numpy
   arrays through GIL-free numba gathers (pandas takes and concats held the GIL and cost
   twice as much). The pieces and ranges are one hand-written graph layer per batch, and the
   units another (``dask.delayed`` costs ~80 us a call; 10^8 points make ~20,000 pieces). A
@@ -96,6 +100,7 @@ from spatialflow.plan.index_columns import (
     Piece,
     concat_pieces,
     concat_take,
+    concat_units,
     read_state,
     row_group_source,
     table_frame,
@@ -252,16 +257,21 @@ def _piece(split: dict, order: str, r: int) -> Piece | None:
     return split.get((order, r))
 
 
-def _assemble(layout: Layout, *pieces: Piece | None) -> pa.Table:
-    """One range: its pieces in input order, sorted (stable) by (key, hash), as Arrow; each
-    unit's rows are gathered from the pieces and sorted alone (``unit_order``)."""
+def _assemble(layout: Layout, order: str, *pieces: Piece | None) -> pa.Table:
+    """One range of copy ``order``, as Arrow: its pieces' rows unit by unit. Spatial-first:
+    each unit's rows gathered from the pieces and sorted alone (``unit_order``: stable, by
+    key, then hash), then taken. Feature-first: each unit's rows in input order, gathered
+    once (``concat_units``): a unit is one row group of whole (feature, level) cells, so an
+    order within it would change none of its statistics."""
     got = [p for p in pieces if p is not None]
     if not got:
         return layout.schema.empty_table()
+    if order == "f":
+        return layout.table(concat_units(got))
     cols, key, h = concat_pieces(got)
     starts = np.concatenate([[0], np.cumsum([len(p) for p in got])])
-    order = unit_order(np.stack([p.units for p in got]), starts, key, h)
-    return layout.table(concat_take([cols], order))
+    rows = unit_order(np.stack([p.units for p in got]), starts, key, h)
+    return layout.table(concat_take([cols], rows))
 
 
 def _unit(table: pa.Table, a: int, b: int) -> pd.DataFrame:
@@ -397,7 +407,7 @@ def _assemble_layer(splits: list[Any], batch: list[tuple[str, int]], layout: Lay
             key = (f"{name}-piece", order, r, i)
             layer[key] = (_piece, split.key, order, r)
             pieces.append(key)
-        layer[(name, order, r)] = (_assemble, layout, *pieces)
+        layer[(name, order, r)] = (_assemble, layout, order, *pieces)
     graph = HighLevelGraph.from_collections(name, layer, dependencies=splits)
     return [Delayed((name, order, r), graph, layer=name) for order, r in batch]
 
