@@ -29,8 +29,10 @@ warm-up, in this process, data in the OS page cache), rows returned; per store t
 and the metadata size (parquet footers plus the element's zarr.json); the build time of the
 index (read + index + write; ``build_statistics_seconds`` is the part spent in
 ``sf.index_points``) next to spatialdata's time to write the same points, both measured after
-a small warm-up run of each (imports and compiled kernels excluded), then run alternately
-``--build-reps`` times (3 up to 2e7 points, else 1) and reported as medians, each run listed. The full scan reads every
+a small warm-up run of each (imports and compiled kernels excluded) and, when run more than
+once, an untimed full-size round of each (the first run at a size maps fresh memory), then run
+alternately ``--build-reps`` times (5 up to 2e7 points, else 1) and reported as medians, each
+run listed. The full scan reads every
 row group of the index's spatial copy with pyarrow, one file at a time (bounded memory at
 ``--scale 10``). CPU seconds (all threads of this process) of the build and of spatialdata's
 write are reported too: on a shared machine they are steadier than wall time. Targets (issue
@@ -173,7 +175,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=10_000)
     ap.add_argument("--row-group-rows", type=int, default=1 << 13)
     ap.add_argument("--workdir", default=None)
-    ap.add_argument("--build-reps", type=int, default=0, help="0: 3 up to 2e7 points, else 1")
+    ap.add_argument("--build-reps", type=int, default=0, help="0: 5 up to 2e7 points, else 1")
     args = ap.parse_args()
     n = int(args.points * args.scale)
 
@@ -219,9 +221,15 @@ def main() -> None:
 
     # spatialdata writes the points (the peer of the build), then the index is built from them
     # alternately, ``--build-reps`` times (medians reported: one spatialdata write is ~1 s at
-    # 10^7, so one run of each makes a noisy ratio on a shared machine)
+    # 10^7, so one run of each makes a noisy ratio on a shared machine), after one untimed
+    # round of each at full size when there are several: the first run of a process at a
+    # size maps memory it never touched (on this VM ~2 ms a MB the first time, a few times
+    # less when reused), which made the first timed build 0.5-1 s slower than the next ones
     df = make_points(n, args.genes)
-    reps = args.build_reps or (3 if n <= 20_000_000 else 1)
+    reps = args.build_reps or (5 if n <= 20_000_000 else 1)
+    if reps > 1:
+        sd_write(df, sd_store)
+        build_index(sd_store, ix_store)
     runs: dict[str, list[float]] = {k: [] for k in ("sd", "sd_cpu", "build", "stats", "cpu")}
     for _ in range(reps):
         runs["sd"].append(sd_write(df, sd_store))
