@@ -468,10 +468,13 @@ def gather(src: np.ndarray, order: np.ndarray) -> np.ndarray:
 
 @numba.njit(cache=True, nogil=True)
 def _gather_units(src, rows, units, dest, out):  # type: ignore[no-untyped-def]
+    # each unit through slices indexed from 0: indexing by ``units[u] + i`` (a signed sum
+    # numba cannot prove non-negative) made the loop ~2.6x slower, ~0.3 CPU s of 10^7 points
     for u in range(units.size - 1):
-        d = dest[u] - units[u]
-        for i in range(units[u], units[u + 1]):
-            out[d + i] = src[rows[i]]
+        r = rows[units[u] : units[u + 1]]
+        o = out[dest[u] : dest[u] + r.size]
+        for i in range(r.size):
+            o[i] = src[r[i]]
     return out
 
 
