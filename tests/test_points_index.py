@@ -460,3 +460,50 @@ def test_feature_first_join_keeps_input_order_for_every_column_kind():
     want = [row for u in range(4) for row in expected[u]]
     np.testing.assert_array_equal(got_x, [w[0] for w in want])
     assert got_s.to_pylist() == [w[1] for w in want]
+
+
+def test_spatial_first_range_sorts_each_unit_by_key_hash_then_input_order():
+    """``_assemble`` of a spatial-first range: rows joined unit by unit, then each unit
+    ordered by (key, hash, input position) whatever its size (runs of equal keys longer and
+    shorter than the insertion-sort cut), numeric columns permuted in place and Arrow
+    columns taken in the same order."""
+    import pyarrow as pa
+
+    from spatialflow.plan.index_columns import Layout, Piece
+    from spatialflow.plan.points_index import _assemble
+
+    rng = np.random.default_rng(1)
+    meta = pd.DataFrame(
+        {"x": np.array([], float), "name": pd.Series([], dtype=pd.ArrowDtype(pa.string()))}
+    ).assign(level=np.array([], np.uint8))
+    layout = Layout.of(meta)
+    n_units, pieces, expected = 4, [], {u: [] for u in range(4)}
+    for p in range(4):
+        n = 400
+        unit = np.arange(n) // 100  # units partition the keys in order
+        spread = np.where(unit < 2, 2, 9)  # few distinct keys (long runs), then many
+        key = (unit * 10 + rng.integers(0, spread)).astype(np.uint64)
+        h = rng.integers(0, 4, n).astype(np.uint64)
+        x = rng.normal(size=n)
+        name = pa.array([f"p{p}r{i}" for i in range(n)])
+        lv = rng.integers(0, 5, n).astype(np.uint8)
+        index = np.arange(n, dtype=np.int64) + 1000 * p
+        rows = np.sort(rng.permutation(n)[:300]).astype(np.int32)
+        rows = np.concatenate([rng.permutation(rows[unit[rows] == u]) for u in range(n_units)])
+        units = np.searchsorted(unit[rows], np.arange(n_units + 1))
+        pieces.append(Piece([x, name, lv, index], rows, key, h, units))
+        for u in range(n_units):
+            for r in rows[units[u] : units[u + 1]]:
+                row = (int(key[r]), int(h[r]), len(expected[u]), x[r], f"p{p}r{r}", lv[r], index[r])
+                expected[u].append(row)
+    runs = np.unique([w[0] for u in expected for w in expected[u]], return_counts=True)[1]
+    assert runs.max() > 64 and ((runs > 1) & (runs <= 64)).any()  # both sorts of ties
+    table = _assemble(layout, "s", *pieces)
+    want = [row for u in range(n_units) for row in sorted(expected[u], key=lambda t: t[:3])]
+    assert any(len(expected[u]) > 64 for u in range(n_units))  # long runs of equal keys too
+    np.testing.assert_array_equal(table.column("x").to_numpy(), [w[3] for w in want])
+    assert table.column("name").to_pylist() == [w[4] for w in want]
+    np.testing.assert_array_equal(table.column("level").to_numpy(), [w[5] for w in want])
+    np.testing.assert_array_equal(
+        table.column("__null_dask_index__").to_numpy(), [w[6] for w in want]
+    )

@@ -30,8 +30,8 @@ Decisions:
   so a threaded scheduler runs them on all cores; counts are dense arrays when the grid is
   small (at most 2**22 cells) and sorted sparse keys otherwise. Keys are sorted by a stable
   LSD radix sort over the bits in which they differ (about twice numpy's stable sort); a
-  range whose pieces are grouped by unit sorts each unit alone (``unit_order``: in cache,
-  half the cost again). Columns move through ``gather`` (``np.take`` holds the GIL).
+  range joined unit by unit sorts each unit alone (``sort_units``: in cache, half the cost
+  again) and permutes its columns in place, unit by unit (``permute_units``). Columns move through ``gather`` (``np.take`` holds the GIL).
 
 Pure numpy/numba: no Dask, no I/O.
 """
@@ -50,18 +50,19 @@ __all__ = [
     "coarse_histogram",
     "extend_levels",
     "gather",
-    "gather_into",
     "gather_units",
     "grid_levels",
     "group_rows",
+    "permute_units",
     "point_state",
     "pool_counts",
     "route_rows",
     "sort_order",
+    "sort_units",
     "sparse_bins",
     "split_keys",
     "unit_destinations",
-    "unit_order",
+    "unit_positions",
 ]
 
 BITS = 16
@@ -450,14 +451,6 @@ def _gather(src, order, out):  # type: ignore[no-untyped-def]
     return out
 
 
-def gather_into(src: np.ndarray, order: np.ndarray, out: np.ndarray) -> None:
-    """``out[:] = src[order]`` into an existing array (or a slice of one), without the GIL."""
-    if src.dtype.kind not in "biuf" or src.ndim != 1 or out.dtype != src.dtype:
-        out[:] = src.take(order)
-        return
-    _gather(src, np.ascontiguousarray(order), out)
-
-
 def gather(src: np.ndarray, order: np.ndarray) -> np.ndarray:
     """``src[order]`` for a 1-d numeric array, without the GIL (``np.take`` holds it, so
     threads taking columns run one at a time; this is also a quarter cheaper)."""
@@ -502,25 +495,13 @@ def gather_units(
 
 
 @numba.njit(cache=True, nogil=True)
-def _unit_order(offsets, starts, key, h):  # type: ignore[no-untyped-def]
-    n_pieces, n_units = offsets.shape[0], offsets.shape[1] - 1
-    order = np.empty(key.size, dtype=np.int32)  # a range has < 2**31 rows
-    pos = 0
-    for u in range(n_units):
-        s = pos
-        for p in range(n_pieces):
-            for i in range(starts[p] + offsets[p, u], starts[p] + offsets[p, u + 1]):
-                order[pos] = i
-                pos += 1
-        m = pos - s
-        if m <= 1:
+def _sort_units(bounds, key, h):  # type: ignore[no-untyped-def]
+    perm = np.zeros(key.size, dtype=np.int32)  # a range has < 2**31 rows
+    for u in range(bounds.size - 1):
+        s, e = bounds[u], bounds[u + 1]
+        if e - s <= 1:
             continue
-        rows = order[s:pos].copy()
-        ku = np.empty(m, dtype=np.uint64)
-        hu = np.empty(m, dtype=h.dtype)
-        for i in range(m):
-            ku[i] = key[rows[i]]
-            hu[i] = h[rows[i]]
+        ku = key[s:e]
         lo = ku.min()
         span = ku.max() - lo
         n_bits = 0
@@ -528,26 +509,52 @@ def _unit_order(offsets, starts, key, h):  # type: ignore[no-untyped-def]
             n_bits += 1
             span >>= np.uint64(1)
         sub, rel = _radix(ku, lo, n_bits)
-        sub = _ties(sub, rel, hu)
-        for i in range(m):
-            order[s + i] = rows[sub[i]]
-    return order
+        sub = _ties(sub, rel, h[s:e])
+        p = perm[s:e]
+        for i in range(sub.size):
+            p[i] = sub[i]
+    return perm
 
 
-def unit_order(
-    offsets: np.ndarray, starts: np.ndarray, key: np.ndarray, h: np.ndarray
-) -> np.ndarray:
-    """The permutation ordering concatenated pieces by (key, hash, position), when each piece
-    is already grouped by unit (unit ``u`` of piece ``p``: rows ``starts[p] + offsets[p, u]``
-    to ``starts[p] + offsets[p, u + 1]``) and units partition the keys in order: the rows of a
-    unit are gathered piece by piece, then sorted alone (a few thousand rows, in cache), which
-    is about half the cost of sorting the whole range."""
-    return _unit_order(
-        np.ascontiguousarray(offsets, dtype=np.int64),
-        np.ascontiguousarray(starts, dtype=np.int64),
+def sort_units(bounds: np.ndarray, key: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """Each unit's own order by (key, hash, position), when the rows are joined unit by unit
+    (unit ``u``: rows ``bounds[u]`` to ``bounds[u + 1]``) and units partition the keys in
+    order: ``perm[bounds[u] + i]`` is the position within unit ``u`` of its ``i``-th row.
+    Each unit is sorted alone (a few thousand rows, in cache), about half the cost of sorting
+    the whole range."""
+    return _sort_units(
+        np.ascontiguousarray(bounds, dtype=np.int64),
         np.ascontiguousarray(key, dtype=np.uint64),
         np.ascontiguousarray(h),
     )
+
+
+@numba.njit(cache=True, nogil=True)
+def _permute_units(col, perm, bounds, largest):  # type: ignore[no-untyped-def]
+    scratch = np.empty(largest, dtype=col.dtype)
+    for u in range(bounds.size - 1):
+        c = col[bounds[u] : bounds[u + 1]]
+        p = perm[bounds[u] : bounds[u + 1]]
+        m = c.size
+        scratch[:m] = c
+        for i in range(m):
+            c[i] = scratch[p[i]]
+    return col
+
+
+def permute_units(col: np.ndarray, perm: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """``col`` with each unit's rows put in the order ``perm`` of ``sort_units``, in place
+    (one unit at a time through a small scratch that stays in cache, where a gather into a
+    new array would take as much memory again, never touched before)."""
+    bounds = np.ascontiguousarray(bounds, dtype=np.int64)
+    largest = int(np.diff(bounds).max()) if bounds.size > 1 else 0
+    return _permute_units(col, np.ascontiguousarray(perm), bounds, largest)
+
+
+def unit_positions(perm: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """The order of ``sort_units`` as positions in the whole range (for ``take``)."""
+    starts = np.repeat(np.asarray(bounds[:-1], dtype=np.int64), np.diff(bounds))
+    return starts + perm
 
 
 def bin_offsets(bits: np.ndarray) -> np.ndarray:

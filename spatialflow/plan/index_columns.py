@@ -11,7 +11,7 @@ Decisions:
   scheduler runs them on both cores; ``np.take`` holds it, and pandas' ``take`` and
   ``concat`` cost about twice as much here (block managers, category checks).
 * **Pieces by reference.** A piece (``Piece``) names rows of its input's columns; the range
-  gathers them when it runs (``concat_pieces``), so splitting a kept input copies nothing
+  gathers them when it runs (``concat_units``), so splitting a kept input copies nothing
   and only one range's rows are copied at a time (fresh memory is slow to fault in; at 10^7
   points this saved ~1 s of system time). Pickled (sent to another process), a piece
   carries only its own rows.
@@ -36,7 +36,6 @@ from spatialflow.elements.points import Points
 from spatialflow.elements.points_index import LEVEL
 from spatialflow.kernels.morton import (
     gather,
-    gather_into,
     gather_units,
     point_state,
     unit_destinations,
@@ -46,12 +45,12 @@ __all__ = [
     "NULL_INDEX",
     "Layout",
     "Piece",
-    "concat_pieces",
     "concat_take",
     "concat_units",
     "read_state",
     "row_group_source",
     "table_frame",
+    "take",
 ]
 
 NULL_INDEX = "__null_dask_index__"
@@ -231,7 +230,7 @@ def concat_take(pieces: list[list[Any]], order: np.ndarray | None) -> list[Any]:
 class Piece:
     """The rows ``rows`` of an input partition that go to one range, by reference: its
     columns, sort keys and hashes are the whole input's, and the unit offsets are the
-    piece's. A range gathers its pieces' rows when it runs (``concat_pieces``), so the split
+    piece's. A range gathers its pieces' rows when it runs (``concat_units``), so the split
     of an input allocates no rows and a batch's rows are copied one range at a time; a piece
     sent to another process (pickled) carries only its own rows."""
 
@@ -254,24 +253,6 @@ class Piece:
     def __sizeof__(self) -> int:  # its own rows (Dask's memory accounting)
         width = sum(c.dtype.itemsize if isinstance(c, np.ndarray) else 16 for c in self.cols)
         return 64 + len(self.rows) * (width + 16)
-
-
-def concat_pieces(pieces: list[Piece]) -> tuple[list[Any], np.ndarray, np.ndarray]:
-    """The columns, keys and hashes of ``pieces``' rows, concatenated in order (each numeric
-    array gathered straight into its place)."""
-    starts = np.concatenate([[0], np.cumsum([len(p) for p in pieces])])
-
-    def joined(arrays: list[Any], rows: list[np.ndarray]) -> Any:
-        if not all(isinstance(a, np.ndarray) and a.dtype.kind in "biuf" for a in arrays):
-            return concat_take([[take(a, r)] for a, r in zip(arrays, rows, strict=True)], None)[0]
-        out = np.empty(int(starts[-1]), dtype=np.result_type(*arrays))
-        for k, (a, r) in enumerate(zip(arrays, rows, strict=True)):
-            gather_into(a, r, out[starts[k] : starts[k + 1]])
-        return out
-
-    rows = [p.rows for p in pieces]
-    cols = [joined([p.cols[j] for p in pieces], rows) for j in range(len(pieces[0].cols))]
-    return cols, joined([p.key for p in pieces], rows), joined([p.h for p in pieces], rows)
 
 
 def table_frame(table: pa.Table) -> pd.DataFrame:
