@@ -47,6 +47,9 @@ def _deinterleave(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ix, iy
 
 
+_QUADRANTS = np.arange(4, dtype=np.uint64)
+
+
 def _quadtree_runs(bins: np.ndarray, cum: np.ndarray, a: int, b: int, depth: int, cap: int) -> list:
     """Runs [start, end) of bins (one level, sorted) cut along the quadtree: a node of at
     most ``cap`` points is one run; a larger one is split in its four children, and
@@ -57,7 +60,7 @@ def _quadtree_runs(bins: np.ndarray, cum: np.ndarray, a: int, b: int, depth: int
         return [(a, b, rows)]
     shift = np.uint64(2 * (levels_left - 1))
     child = (bins[a:b] >> shift) & np.uint64(3)
-    edges = [a + int(np.searchsorted(child, c, side="left")) for c in range(4)] + [b]
+    edges = [*(a + np.searchsorted(child, _QUADRANTS)).tolist(), b]
     runs: list[tuple[int, int, int]] = []
     for c in range(4):
         if edges[c + 1] > edges[c]:
@@ -91,17 +94,26 @@ def spatial_cuts(
     side = 2 ** (COARSE_SHIFT // 2)
     cell = 2 ** ((32 - COARSE_SHIFT) // 2 - np.asarray(bits, dtype=np.int64))  # bin side, level
     span = np.array([hi[0] - lo[0], hi[1] - lo[1]], dtype=np.float64) / 2**BITS
-    boxes = np.empty((len(runs), 4))
-    for k, (a, b, _) in enumerate(runs):
-        w = int(cell[level_of[a]])
-        x0, x1 = cx[a:b].min() * side, (cx[a:b].max() + w) * side
-        y0, y1 = cy[a:b].min() * side, (cy[a:b].max() + w) * side
-        boxes[k] = [
-            lo[0] + x0 * span[0],
-            lo[1] + y0 * span[1],
-            lo[0] + x1 * span[0],
-            lo[1] + y1 * span[1],
-        ]
+    # each run's extremes in one reduction per axis (a loop over ~10^3 runs took ~25 ms):
+    # segments [a, b) of the coordinates, padded so that an end at len(bins) is an index
+    a_b = np.array([(a, b) for a, b, _ in runs], dtype=np.int64).reshape(-1)
+    w = cell[level_of[a_b[0::2]]]
+    ext = {}
+    for name, c in (("x", cx), ("y", cy)):
+        pad = np.append(c, 0)
+        ext[name] = (
+            np.minimum.reduceat(pad, a_b)[0::2] * side,
+            (np.maximum.reduceat(pad, a_b)[0::2] + w) * side,
+        )
+    boxes = np.stack(
+        [
+            lo[0] + ext["x"][0] * span[0],
+            lo[1] + ext["y"][0] * span[1],
+            lo[0] + ext["x"][1] * span[0],
+            lo[1] + ext["y"][1] * span[1],
+        ],
+        axis=1,
+    ).reshape(len(runs), 4)
     starts = np.array([bins[a] for a, _, _ in runs], dtype=np.uint64)
     levels = np.array([level_of[a] for a, _, _ in runs], dtype=np.int64)
     return starts, levels, np.array([r for _, _, r in runs], np.int64), boxes
