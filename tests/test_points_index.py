@@ -507,3 +507,20 @@ def test_spatial_first_range_sorts_each_unit_by_key_hash_then_input_order():
     np.testing.assert_array_equal(
         table.column("__null_dask_index__").to_numpy(), [w[6] for w in want]
     )
+
+
+def test_point_state_hash_does_not_depend_on_the_codes_dtype():
+    """Categorical codes reach ``point_state`` as they are stored (int16 for up to 32k
+    categories, int32 from a frame): the draws, and so the levels, must not change."""
+    from spatialflow.kernels.morton import point_state
+
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=1000), rng.normal(size=1000)
+    codes = rng.integers(-1, 32767, 1000).astype(np.int16)  # -1: a missing category
+    idx = np.arange(1000, dtype=np.uint64)
+    lo, hi = (-5.0, -5.0), (5.0, 5.0)
+    ref = point_state(x, y, codes.astype(np.int64), idx, lo, hi, 7)
+    for dtype in (np.int16, np.int32):
+        got = point_state(x, y, codes.astype(dtype), idx, lo, hi, 7)
+        for a, b in zip(got, ref, strict=True):
+            np.testing.assert_array_equal(a, b)

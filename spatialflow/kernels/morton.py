@@ -160,10 +160,11 @@ def point_state(
     y = np.ascontiguousarray(y, dtype=np.float64)
     ix = _quantize(x, float(lo[0]), float(hi[0] - lo[0]))
     iy = _quantize(y, float(lo[1]), float(hi[1] - lo[1]))
+    codes = np.ascontiguousarray(codes)
     h = _hash(
         x,
         y,
-        np.ascontiguousarray(codes, dtype=np.int64),
+        codes if codes.dtype.kind == "i" else codes.astype(np.int64),  # int16 codes: no copy
         np.ascontiguousarray(idx, dtype=np.uint64),
         np.uint64(seed & (2**64 - 1)),
     )

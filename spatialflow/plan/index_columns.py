@@ -181,11 +181,14 @@ def read_state(
         cols.append(np.asarray(got[NULL_INDEX if i == len(layout.names) - 1 else name]))
         cols[-1] = cols[-1].astype(layout.dtypes[i], copy=False)
     idx = cols[-1]
-    codes = np.asarray(got[fk], dtype=np.int32) if fk else np.zeros(len(idx), np.int32)
+    if fk and layout.kinds[layout.names.index(fk)] == "cat":  # its codes, as they are
+        codes = cols[layout.names.index(fk)]
+    else:
+        codes = np.asarray(got[fk], dtype=np.int32) if fk else np.zeros(len(idx), np.int16)
     x, y = got["x"], got["y"]
     ix, iy, h = point_state(x, y, codes, idx.astype(np.int64).view(np.uint64), lo, hi, seed)
     small = codes.size == 0 or codes.max() < 2**15
-    return ix, iy, h, codes.astype(np.int16 if small else np.int32), cols
+    return ix, iy, h, codes.astype(np.int16 if small else np.int32, copy=False), cols
 
 
 def row_group_source(el: Points, layout: Layout) -> Any:
