@@ -53,7 +53,7 @@ Decisions (the algorithm itself is described in kernels/morton.py):
 * Profile at 10^7 points, 1,000 genes (2 cores, shared): the first design split every input
   into a pandas piece per output row group and wrote each through its own pandas -> Arrow
   conversion (~16x spatialdata's write); the pandas shuffle of ranges was ~4.6x (8.6 CPU s).
-  Now the build takes ~4.7 CPU s (~2.7 s wall, ~3.8x spatialdata's 0.7 s write of the same
+  Then (at e9556f1) the build took ~4.7 CPU s (~2.7 s wall, ~3.8x spatialdata's 0.7 s write of the same
   points, median of 3 runs): assembling the ranges ~1.9 s (gathers from the kept input
   ~1.0, unit sorts ~0.3, the second gather ~0.2), parquet encoding and writing of the two
   copies ~1.0-1.3 s, reading and the first pass ~0.7 s, the split ~0.45 s, the level passes
@@ -67,15 +67,22 @@ Decisions (the algorithm itself is described in kernels/morton.py):
   At 10^7 points the assembling took ~1.2 CPU s with 2^20 rows a range, ~1.0 with 2^21 and
   ~0.95 with 2^22 (the whole build ~3.3 -> ~3.0 CPU s at 2^21); 2^23 was no better, and
   larger ranges hold more memory per task and leave a longer tail of the last write.
-* Where a 10^7-point build's ~3.5 CPU s (~1.9 s wall, ~3.9x spatialdata's 0.5 s write on a
-  fast day) went at 2^21: task busy time ~1.3 s assembling ranges (the feature-first gathers
-  ~0.45, the spatial-first ones ~0.3 and ~0.15), ~0.85 s encoding and writing, ~0.65 s
-  reading and the first pass, ~0.23 s level passes, ~0.14 s split, ~0.1 s final histogram;
-  ~0.2 s of wall with no task running (cuts ~45 ms, removing the previous output ~60 ms,
-  graphs ~30 ms). Zeroing fresh pages is ~15% of the CPU (numpy's huge pages help: without
-  them the build was ~10% slower); a full (gen-2) garbage collection, ~0.15 s in this
-  process, lands in about one build in three; the glibc mmap/trim thresholds and the Arrow
-  pool (jemalloc, system) changed nothing measurable.
+* Where a 10^7-point build's CPU went at 2^21 (task busy times). It was ~3.5 CPU s (~1.9 s
+  wall, ~3.9x spatialdata's 0.5 s write): ~1.3 s assembling ranges, the feature-first
+  gathers ~0.45 of it (``gather_units`` indexed by a signed sum numba cannot prove
+  non-negative: 2.6x slower than a plain gather) and the spatial-first second gather into
+  new arrays ~0.15 plus their fresh pages. With slice-indexed unit gathers, units sorted and
+  permuted in place, the stored int16 codes hashed as they are and vectorised cuts, it is
+  ~2.9 CPU s (~1.65 s wall, 2.8-3.3x a 0.5-0.58 s write): ~0.87 s assembling, ~0.84 s
+  encoding and writing (pyarrow's floor for these columns: ~70 ms a 2M-row file), ~0.4 s
+  reading and the first pass, ~0.23 s level passes, ~0.16 s split, ~0.09 s final histogram,
+  and ~0.2 s of wall with no task running (cuts ~30 ms, removing the previous output ~60 ms,
+  graphs ~30 ms). Zeroing fresh pages is still a large share of the system time (numpy's
+  huge pages help: without them the build was ~10% slower); a full (gen-2) garbage
+  collection, ~0.15 s in this process, lands in about one build in three (the per-unit
+  ``Delayed`` objects survive longest; ``dd.from_graph`` would make fewer but tokenizes its
+  layer, ~80 ms); the glibc mmap/trim thresholds and the Arrow pool (jemalloc, system)
+  changed nothing measurable.
 """
 
 from __future__ import annotations
