@@ -31,7 +31,8 @@ Decisions:
   small (at most 2**22 cells) and sorted sparse keys otherwise. Keys are sorted by a stable
   LSD radix sort over the bits in which they differ (about twice numpy's stable sort); a
   range joined unit by unit sorts each unit alone (``sort_units``: in cache, half the cost
-  again) and permutes its columns in place, unit by unit (``permute_units``). Columns move through ``gather`` (``np.take`` holds the GIL).
+  again) and permutes its columns in place, unit by unit (``permute_units``). Columns move
+  through ``gather`` and ``gather_units`` (``np.take`` holds the GIL).
 
 Pure numpy/numba: no Dask, no I/O.
 """

@@ -53,8 +53,8 @@ Decisions (the algorithm itself is described in kernels/morton.py):
 * Profile at 10^7 points, 1,000 genes (2 cores, shared): the first design split every input
   into a pandas piece per output row group and wrote each through its own pandas -> Arrow
   conversion (~16x spatialdata's write); the pandas shuffle of ranges was ~4.6x (8.6 CPU s).
-  Then (at e9556f1) the build took ~4.7 CPU s (~2.7 s wall, ~3.8x spatialdata's 0.7 s write of the same
-  points, median of 3 runs): assembling the ranges ~1.9 s (gathers from the kept input
+  Then (at e9556f1) the build took ~4.7 CPU s (~2.7 s wall, ~3.8x spatialdata's 0.7 s
+  write of the same points, median of 3 runs): assembling the ranges ~1.9 s (gathers from the kept input
   ~1.0, unit sorts ~0.3, the second gather ~0.2), parquet encoding and writing of the two
   copies ~1.0-1.3 s, reading and the first pass ~0.7 s, the split ~0.45 s, the level passes
   and the histogram ~0.35 s; memory never touched before costs ~2 ms a MB on this VM
