@@ -62,6 +62,7 @@ __all__ = [
     "sort_units",
     "sparse_bins",
     "split_keys",
+    "unit_bounds",
     "unit_destinations",
     "unit_positions",
 ]
@@ -473,13 +474,19 @@ def _gather_units(src, rows, units, dest, out):  # type: ignore[no-untyped-def]
     return out
 
 
+def unit_bounds(offsets: np.ndarray) -> np.ndarray:
+    """Where each unit starts (and the last ends) when the pieces are joined unit by unit:
+    ``offsets[p, u]`` to ``offsets[p, u + 1]`` are piece ``p``'s rows of unit ``u``."""
+    lens = np.diff(np.asarray(offsets, dtype=np.int64), axis=1)
+    return np.concatenate([[0], np.cumsum(lens.sum(axis=0))])
+
+
 def unit_destinations(offsets: np.ndarray) -> np.ndarray:
     """Where each piece's rows of each unit go when the pieces are joined unit by unit (unit
     ``u``: piece 0's rows, then piece 1's, ...): ``offsets[p, u]`` to ``offsets[p, u + 1]``
     are piece ``p``'s rows of unit ``u``; the result is (pieces, units)."""
     lens = np.diff(np.asarray(offsets, dtype=np.int64), axis=1)
-    first = np.concatenate([[0], np.cumsum(lens.sum(axis=0))[:-1]])
-    return first + np.cumsum(lens, axis=0) - lens
+    return unit_bounds(offsets)[:-1] + np.cumsum(lens, axis=0) - lens
 
 
 def gather_units(

@@ -169,8 +169,9 @@ def field_codes_dtype(kind: pa.DataType) -> np.dtype:
 def read_state(
     source: Any, k: int, lo: tuple, hi: tuple, seed: int, fk: str | None, layout: Layout
 ) -> tuple:
-    """The slim state of a partition (plan/points_index.py ``_slim``) and its columns, reading partition ``k`` of a parquet row-group source
-    straight into numpy (no pandas frame, no Python file object between Arrow's reads)."""
+    """The slim state of a partition (plan/points_index.py ``_slim``) and its columns,
+    reading partition ``k`` of a parquet row-group source straight into numpy (no pandas
+    frame, no Python file object between Arrow's reads)."""
     names = [n for n in layout.names[:-1] if n != LEVEL]
     got = source.read(k, [*names, NULL_INDEX], threads=False)  # one read per core already
     cols: list[Any] = []
@@ -181,12 +182,14 @@ def read_state(
         cols.append(np.asarray(got[NULL_INDEX if i == len(layout.names) - 1 else name]))
         cols[-1] = cols[-1].astype(layout.dtypes[i], copy=False)
     idx = cols[-1]
-    if fk and layout.kinds[layout.names.index(fk)] == "cat":  # its codes, as they are
-        codes = cols[layout.names.index(fk)]
+    at = layout.names.index(fk) if fk else -1
+    if fk and layout.kinds[at] == "cat":  # its codes, as they are
+        codes = cols[at]
     else:
         codes = np.asarray(got[fk], dtype=np.int32) if fk else np.zeros(len(idx), np.int16)
     x, y = got["x"], got["y"]
-    ix, iy, h = point_state(x, y, codes, idx.astype(np.int64).view(np.uint64), lo, hi, seed)
+    key = idx.astype(np.int64, copy=False).view(np.uint64)  # an int64 index: no copy
+    ix, iy, h = point_state(x, y, codes, key, lo, hi, seed)
     small = codes.size == 0 or codes.max() < 2**15
     return ix, iy, h, codes.astype(np.int16 if small else np.int32, copy=False), cols
 

@@ -98,22 +98,15 @@ def spatial_cuts(
     # segments [a, b) of the coordinates, padded so that an end at len(bins) is an index
     a_b = np.array([(a, b) for a, b, _ in runs], dtype=np.int64).reshape(-1)
     w = cell[level_of[a_b[0::2]]]
-    ext = {}
-    for name, c in (("x", cx), ("y", cy)):
+
+    def edges(c: np.ndarray, origin: float, step: float) -> tuple[np.ndarray, np.ndarray]:
         pad = np.append(c, 0)
-        ext[name] = (
-            np.minimum.reduceat(pad, a_b)[0::2] * side,
-            (np.maximum.reduceat(pad, a_b)[0::2] + w) * side,
-        )
-    boxes = np.stack(
-        [
-            lo[0] + ext["x"][0] * span[0],
-            lo[1] + ext["y"][0] * span[1],
-            lo[0] + ext["x"][1] * span[0],
-            lo[1] + ext["y"][1] * span[1],
-        ],
-        axis=1,
-    ).reshape(len(runs), 4)
+        low = np.minimum.reduceat(pad, a_b)[0::2] * side
+        high = (np.maximum.reduceat(pad, a_b)[0::2] + w) * side
+        return origin + low * step, origin + high * step
+
+    (x0, x1), (y0, y1) = edges(cx, lo[0], span[0]), edges(cy, lo[1], span[1])
+    boxes = np.stack([x0, y0, x1, y1], axis=1).reshape(len(runs), 4)
     starts = np.array([bins[a] for a, _, _ in runs], dtype=np.uint64)
     levels = np.array([level_of[a] for a, _, _ in runs], dtype=np.int64)
     return starts, levels, np.array([r for _, _, r in runs], np.int64), boxes

@@ -118,6 +118,7 @@ from spatialflow.kernels.morton import (
     sort_units,
     sparse_bins,
     split_keys,
+    unit_bounds,
     unit_positions,
 )
 from spatialflow.plan.index_columns import (
@@ -293,12 +294,11 @@ def _assemble(layout: Layout, order: str, *pieces: Piece | None) -> pa.Table:
         return layout.schema.empty_table()
     if order == "f":
         return layout.table(concat_units(got))
+    # the sort keys and hashes joined as two more columns
     *cols, key, h = concat_units(
         [Piece([*p.cols, p.key, p.h], p.rows, p.key, p.h, p.units) for p in got]
     )
-    bounds = np.concatenate(
-        [[0], np.cumsum(np.diff(np.stack([p.units for p in got]), axis=1).sum(axis=0))]
-    )
+    bounds = unit_bounds(np.stack([p.units for p in got]))
     perm = sort_units(bounds, key, h)
     del key, h
     positions = None
