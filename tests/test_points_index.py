@@ -469,7 +469,7 @@ def test_spatial_first_range_sorts_each_unit_by_key_hash_then_input_order():
     columns taken in the same order."""
     import pyarrow as pa
 
-    from spatialflow.plan.index_columns import Layout, Piece
+    from spatialflow.plan.index_columns import Layout, Piece, RangeBuffers
     from spatialflow.plan.points_index import _assemble
 
     rng = np.random.default_rng(1)
@@ -498,15 +498,80 @@ def test_spatial_first_range_sorts_each_unit_by_key_hash_then_input_order():
                 expected[u].append(row)
     runs = np.unique([w[0] for u in expected for w in expected[u]], return_counts=True)[1]
     assert runs.max() > 64 and ((runs > 1) & (runs <= 64)).any()  # both sorts of ties
-    table = _assemble(layout, "s", *pieces)
     want = [row for u in range(n_units) for row in sorted(expected[u], key=lambda t: t[:3])]
     assert any(len(expected[u]) > 64 for u in range(n_units))  # long runs of equal keys too
-    np.testing.assert_array_equal(table.column("x").to_numpy(), [w[3] for w in want])
-    assert table.column("name").to_pylist() == [w[4] for w in want]
-    np.testing.assert_array_equal(table.column("level").to_numpy(), [w[5] for w in want])
-    np.testing.assert_array_equal(
-        table.column("__null_dask_index__").to_numpy(), [w[6] for w in want]
-    )
+
+    def check(table: pa.Table) -> None:
+        np.testing.assert_array_equal(table.column("x").to_numpy(), [w[3] for w in want])
+        assert table.column("name").to_pylist() == [w[4] for w in want]
+        np.testing.assert_array_equal(table.column("level").to_numpy(), [w[5] for w in want])
+        np.testing.assert_array_equal(
+            table.column("__null_dask_index__").to_numpy(), [w[6] for w in want]
+        )
+
+    # three rounds through one pool: the second while the first table is alive (its
+    # buffers are not handed out), the third after it is gone (they are, holding the first
+    # table's rows, which the permutation in place must not mix in)
+    buffers = RangeBuffers(3)
+    first = _assemble(layout, "s", buffers, *pieces)
+    address = first.column("x").chunk(0).buffers()[1].address
+    second = _assemble(layout, "s", buffers, *pieces)
+    assert second.column("x").chunk(0).buffers()[1].address != address
+    check(first)
+    del first
+    third = _assemble(layout, "s", buffers, *pieces)
+    assert third.column("x").chunk(0).buffers()[1].address == address
+    check(second)
+    check(third)
+
+
+def test_range_buffers_are_reused_only_when_nothing_holds_them():
+    """``RangeBuffers`` hands a buffer out again only once no view, Arrow array or pandas
+    frame made from it is alive, lets every buffer go after its round of ranges, and keeps
+    nothing when pickled (another process)."""
+    import pickle
+    import weakref
+
+    import pyarrow as pa
+
+    from spatialflow.plan.index_columns import RangeBuffers
+
+    def at(view: np.ndarray) -> int:  # the buffer a view lies in (holding no reference)
+        return view.__array_interface__["data"][0]
+
+    buffers = RangeBuffers(4)
+    a = buffers.take(1000, np.float64)
+    first = at(a)
+    arrow = pa.array(a[10:20])
+    frame = pd.DataFrame({"x": a}, copy=False)
+    del a
+    held = []  # what is handed out while the first buffer is in use (kept, so never free)
+    for holder in ("arrow", "frame"):
+        held.append(buffers.take(1000, np.float64))
+        assert at(held[-1]) != first
+        if holder == "arrow":
+            del arrow
+        else:
+            del frame
+    b = buffers.take(900, np.float64)  # a smaller request served by the freed buffer
+    assert at(b) == first and b.size == 900
+    assert at(buffers.take(900, np.int64)) != first  # another dtype
+    del b
+    big = buffers.take(200_000, np.float64)
+    big_at = at(big)
+    del big
+    assert at(buffers.take(1000, np.float64)) == first  # the first that fits
+    assert at(buffers.take(150_000, np.float64)) == big_at
+    assert at(buffers.take(50_000, np.float64)) != big_at  # a far smaller one: a new one
+    v = buffers.take(1000, np.float64)
+    gone = weakref.ref(v.base)
+    del v
+    for _ in range(4):
+        buffers.done()
+    assert gone() is None  # the round is over: the buffers were let go
+    clone = pickle.loads(pickle.dumps(buffers))
+    assert clone.take(1000, np.float64).base is None  # a plain array: nothing kept
+    del held
 
 
 def test_point_state_hash_does_not_depend_on_the_codes_dtype():

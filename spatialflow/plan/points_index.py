@@ -124,6 +124,7 @@ from spatialflow.kernels.morton import (
 from spatialflow.plan.index_columns import (
     Layout,
     Piece,
+    RangeBuffers,
     concat_take,
     concat_units,
     read_state,
@@ -283,20 +284,27 @@ def _piece(split: dict, order: str, r: int) -> Piece | None:
     return split.get((order, r))
 
 
-def _assemble(layout: Layout, order: str, *pieces: Piece | None) -> pa.Table:
+def _assemble(layout: Layout, order: str, buffers: RangeBuffers, *pieces: Piece | None) -> pa.Table:
+    try:
+        return _assembled(layout, order, buffers, [p for p in pieces if p is not None])
+    finally:
+        buffers.done()
+
+
+def _assembled(layout: Layout, order: str, buffers: RangeBuffers, got: list[Piece]) -> pa.Table:
     """One range of copy ``order``, as Arrow: its pieces' rows joined unit by unit
     (``concat_units``: each unit's rows in input order, one gather straight from the inputs).
     Feature-first: as they are (a unit is one row group of whole (feature, level) cells, so an
     order within it would change none of its statistics). Spatial-first: each unit sorted
-    alone (``sort_units``: stable, by key, then hash) and its columns permuted in place."""
-    got = [p for p in pieces if p is not None]
+    alone (``sort_units``: stable, by key, then hash) and its columns permuted in place.
+    Numeric columns are written into ``buffers`` (memory of ranges already written)."""
     if not got:
         return layout.schema.empty_table()
     if order == "f":
-        return layout.table(concat_units(got))
+        return layout.table(concat_units(got, buffers))
     # the sort keys and hashes joined as two more columns
     *cols, key, h = concat_units(
-        [Piece([*p.cols, p.key, p.h], p.rows, p.key, p.h, p.units) for p in got]
+        [Piece([*p.cols, p.key, p.h], p.rows, p.key, p.h, p.units) for p in got], buffers
     )
     bounds = unit_bounds(np.stack([p.units for p in got]))
     perm = sort_units(bounds, key, h)
@@ -409,6 +417,7 @@ def _shuffle(
             batches[-1].append((order, r))
             cur += int(n)
     ranges: dict[str, list[Any]] = {o: [None] * len(p[2]) for o, p in plans.items()}
+    buffers = RangeBuffers(sum(len(b) for b in batches))
     for batch in batches:
         wanted = {}
         for order in plans:
@@ -420,7 +429,7 @@ def _shuffle(
                 wanted[order] = (starts[firsts[a] : firsts[b] + 1], firsts[a : b + 1], a)
         splits = [dask.delayed(_split)(p, *args[:5], layout, wanted) for p in parts]
         for (order, r), assembled in zip(
-            batch, _assemble_layer(splits, batch, layout), strict=True
+            batch, _assemble_layer(splits, batch, layout, buffers), strict=True
         ):
             ranges[order][r] = assembled
     out: dict[str, Any] = {"batches": [[(order_name[o], r) for o, r in batch] for batch in batches]}
@@ -430,7 +439,9 @@ def _shuffle(
     return out
 
 
-def _assemble_layer(splits: list[Any], batch: list[tuple[str, int]], layout: Layout) -> list[Any]:
+def _assemble_layer(
+    splits: list[Any], batch: list[tuple[str, int]], layout: Layout, buffers: RangeBuffers
+) -> list[Any]:
     """The lazy range frames of a batch: one piece task per (input, range), one assemble
     task per range, written as one graph layer (``dask.delayed`` costs ~80 us a call, and
     10^8 points make ~20,000 pieces)."""
@@ -445,7 +456,7 @@ def _assemble_layer(splits: list[Any], batch: list[tuple[str, int]], layout: Lay
             key = (f"{name}-piece", order, r, i)
             layer[key] = (_piece, split.key, order, r)
             pieces.append(key)
-        layer[(name, order, r)] = (_assemble, layout, order, *pieces)
+        layer[(name, order, r)] = (_assemble, layout, order, buffers, *pieces)
     graph = HighLevelGraph.from_collections(name, layer, dependencies=splits)
     return [Delayed((name, order, r), graph, layer=name) for order, r in batch]
 
