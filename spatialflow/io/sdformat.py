@@ -306,9 +306,10 @@ def _open_parquet(fs: Any, path: str) -> pq.ParquetFile:
 
 
 def _read_table(fs: Any, path: str, columns: list[str] | None = None) -> pa.Table:
+    """Columns of one parquet part, decoded by one thread (callers read parts in parallel)."""
     try:
         with fs.open(path, "rb") as f:
-            return pq.read_table(f, columns=columns)
+            return pq.ParquetFile(f).read(columns=columns, use_threads=False)
     except (OSError, pa.ArrowException, ValueError) as e:
         raise unreadable_parquet(path, e, fs) from e
 
@@ -467,8 +468,11 @@ def _part_dictionaries(fs: Any, path: str, columns: list[str]) -> dict[str, list
     out = {}
     for c in columns:
         seen: dict[Any, None] = {}
-        for chunk in table.column(c).chunks:
-            seen.update(dict.fromkeys(chunk.dictionary.to_pylist()))
+        last = None
+        for chunk in table.column(c).chunks:  # dask writes one dictionary into every chunk
+            if last is None or not chunk.dictionary.equals(last):
+                last = chunk.dictionary
+                seen.update(dict.fromkeys(last.to_pylist()))
         out[c] = list(seen)
     return out
 
