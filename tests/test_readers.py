@@ -95,6 +95,13 @@ def hello_plugin(tmp_path, monkeypatch):
     dist-info with an entry point in the ``spatialflow.readers`` group, found on sys.path."""
     site = tmp_path / "site"
     site.mkdir()
+    _install_hello(site)
+    monkeypatch.syspath_prepend(str(site))
+    yield site
+    sys.modules.pop("hello_reader", None)
+
+
+def _install_hello(site: Path) -> None:
     (site / "hello_reader.py").write_text(textwrap.dedent(PLUGIN))
     info = site / "hello_reader-0.1.dist-info"
     info.mkdir()
@@ -102,9 +109,20 @@ def hello_plugin(tmp_path, monkeypatch):
     (info / "entry_points.txt").write_text(
         "[spatialflow.readers]\nhello = hello_reader:HelloReader\n"
     )
+
+
+def test_a_plugin_installed_after_a_lookup_is_found(tmp_path, monkeypatch):
+    """The plug-ins are remembered between reads, but a package installed into a folder of
+    the import path since (as pip does in a running notebook) is found on the next read."""
+    site = tmp_path / "site"
+    site.mkdir()
     monkeypatch.syspath_prepend(str(site))
-    yield site
-    sys.modules.pop("hello_reader", None)
+    assert "hello" not in reader_names()
+    _install_hello(site)
+    try:
+        assert "hello" in reader_names()
+    finally:
+        sys.modules.pop("hello_reader", None)
 
 
 def test_an_entry_point_reader_is_picked_up(tmp_path, hello_plugin):

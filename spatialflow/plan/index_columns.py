@@ -285,8 +285,10 @@ class RangeBuffers:
     references any more (its reference count says so: every view, Arrow array and pandas
     block made from it keeps it alive), or of a new one. After ``ranges`` calls of ``done``
     (every range of the build assembled once) the buffers are let go, so nothing stays
-    allocated after a write; a graph computed again starts a new round. Pickled (a task
-    sent to another process) it is a pool that keeps nothing: processes share no memory."""
+    allocated after a write; a graph computed again starts a new round. A partial compute
+    (a query of an index not yet written) leaves its ranges' buffers kept until the round
+    ends or the element is dropped. Pickled (a task sent to another process) it is a pool
+    that keeps nothing: processes share no memory."""
 
     _SLACK = 1 << 16  # rows a new buffer is rounded up to (ranges differ by a few units)
 
