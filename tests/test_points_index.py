@@ -113,6 +113,20 @@ def test_kept_fraction_is_the_same_in_every_cell(source, indexed):
     h = np.random.default_rng(5).integers(0, 2**32, 5000, dtype=np.uint64).astype(np.uint32)
     lv = assign_levels(h, probs)
     assert (lv >= 0).all() and (lv < len(probs)).all()
+
+    # ... as drawn here in plain numpy: splitmix64 of (hash + (level + 1) * golden), top 53
+    # bits as a fraction, compared with the level's probability; the finest keeps the rest
+    def mix(z: np.ndarray) -> np.ndarray:
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+    want = np.full(h.size, len(probs) - 1, dtype=np.int8)
+    for level in range(len(probs) - 2, -1, -1):  # the first success wins
+        z = mix(h.astype(np.uint64) + np.uint64((level + 1) * 0x9E3779B97F4A7C15 % 2**64))
+        draw = (z >> np.uint64(11)).astype(np.float64) / 2.0**53
+        want[draw < probs[level]] = level
+    np.testing.assert_array_equal(lv, want)
     # drawn one level at a time (as the build's passes do), the levels are the same
     step = np.full(h.size, -1, dtype=np.int8)
     for k in range(1, len(probs) + 1):
