@@ -527,13 +527,13 @@ def test_spatial_first_range_sorts_each_unit_by_key_hash_then_input_order():
     # buffers are not handed out), the third after it is gone (they are, holding the first
     # table's rows, which the permutation in place must not mix in)
     buffers = RangeBuffers(3)
-    first = _assemble(layout, "s", buffers, *pieces)
+    first = _assemble(layout, "s", buffers, None, *pieces)
     address = first.column("x").chunk(0).buffers()[1].address
-    second = _assemble(layout, "s", buffers, *pieces)
+    second = _assemble(layout, "s", buffers, None, *pieces)
     assert second.column("x").chunk(0).buffers()[1].address != address
     check(first)
     del first
-    third = _assemble(layout, "s", buffers, *pieces)
+    third = _assemble(layout, "s", buffers, None, *pieces)
     assert third.column("x").chunk(0).buffers()[1].address == address
     check(second)
     check(third)
@@ -586,6 +586,33 @@ def test_range_buffers_are_reused_only_when_nothing_holds_them():
     clone = pickle.loads(pickle.dumps(buffers))
     assert clone.take(1000, np.float64).base is None  # a plain array: nothing kept
     del held
+
+
+def test_range_keys_equal_the_first_pass_keys_and_hashes():
+    """A spatial-first range computes its rows' keys and hashes again from their columns
+    (``range_keys``): they must be the first pass's (``point_state``, ``split_keys``) for
+    float64 and float32 coordinates, values on and past the extent's edges, and an extent
+    of zero height."""
+    from spatialflow.kernels.morton import point_state, range_keys, split_keys
+
+    rng = np.random.default_rng(4)
+    n = 5000
+    for dtype, lo, hi in (
+        (np.float64, (-3.0, -2.0), (5.0, 7.0)),
+        (np.float32, (0.0, 1.5), (9.0, 1.5)),
+    ):
+        x = rng.uniform(lo[0] - 1, hi[0] + 1, n).astype(dtype)
+        y = rng.uniform(lo[1] - 1, hi[1] + 1, n).astype(dtype)
+        x[:10], y[:10] = lo[0], hi[1]  # on the edges
+        codes = rng.integers(-1, 900, n).astype(np.int16)
+        idx = rng.integers(0, 2**40, n).astype(np.int64)
+        lv = rng.integers(0, 9, n).astype(np.int8)
+        ix, iy, h = point_state(x, y, codes, idx.view(np.uint64), lo, hi, 11)
+        lv8, skey, _ = split_keys(ix, iy, lv, codes)
+        key, h2 = np.empty(n, np.uint64), np.empty(n, np.uint32)
+        range_keys(x, y, lv8, codes, idx, lo, hi, 11, key, h2)
+        np.testing.assert_array_equal(key, skey)
+        np.testing.assert_array_equal(h2, h)
 
 
 def test_point_state_hash_does_not_depend_on_the_codes_dtype():

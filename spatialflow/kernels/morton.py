@@ -57,6 +57,7 @@ __all__ = [
     "permute_units",
     "point_state",
     "pool_counts",
+    "range_keys",
     "route_rows",
     "sort_order",
     "sort_units",
@@ -118,16 +119,37 @@ def _spread16(v: np.uint64) -> np.uint64:
     return (x | (x << np.uint64(1))) & np.uint64(0x55555555)
 
 
+def _scale_of(a: float, b: float) -> float:
+    """Cells per unit of length along an axis from ``a`` to ``b`` (0: an empty extent, every
+    value in cell 0)."""
+    span = float(b - a)
+    return float(1 << BITS) / span if span > 0 else 0.0
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _cell(v: float, a: float, scale: float) -> np.uint16:
+    if scale == 0.0:
+        return np.uint16(0)
+    q = np.floor((v - a) * scale)
+    return np.uint16(min(max(q, 0.0), float((1 << BITS) - 1)))
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _content(
+    idx: np.uint64, xb: np.uint64, yb: np.uint64, code: np.int64, s: np.uint64
+) -> np.uint32:
+    z = _mix(idx ^ np.uint64(0x2545F4914F6CDD1D))
+    z = _mix(z ^ xb)
+    z = _mix(z ^ yb)
+    z = _mix(z ^ np.uint64(code + 1))
+    return np.uint32(_mix(z ^ s) >> np.uint64(32))
+
+
 @numba.njit(cache=True, nogil=True)
-def _quantize(v: np.ndarray, a: float, span: float) -> np.ndarray:
-    out = np.zeros(v.size, dtype=np.uint16)
-    if span <= 0:
-        return out
-    scale = float(1 << BITS) / span
-    top = float((1 << BITS) - 1)
+def _quantize(v: np.ndarray, a: float, scale: float) -> np.ndarray:
+    out = np.empty(v.size, dtype=np.uint16)
     for i in range(v.size):
-        q = np.floor((v[i] - a) * scale)
-        out[i] = np.uint16(min(max(q, 0.0), top))
+        out[i] = _cell(v[i], a, scale)
     return out
 
 
@@ -139,12 +161,54 @@ def _hash(
     xb, yb = x.view(np.uint64), y.view(np.uint64)
     out = np.empty(x.size, dtype=np.uint32)
     for i in range(x.size):
-        z = _mix(idx[i] ^ np.uint64(0x2545F4914F6CDD1D))
-        z = _mix(z ^ xb[i])
-        z = _mix(z ^ yb[i])
-        z = _mix(z ^ np.uint64(codes[i] + 1))
-        out[i] = np.uint32(_mix(z ^ s) >> np.uint64(32))
+        out[i] = _content(idx[i], xb[i], yb[i], np.int64(codes[i]), s)
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _range_keys(x, y, lv, codes, idx, ax, sx, ay, sy, seed, key, h):  # type: ignore[no-untyped-def]
+    s = _mix(seed + np.uint64(_GOLDEN))
+    xb, yb = x.view(np.uint64), y.view(np.uint64)
+    for i in range(x.size):
+        m = _spread16(np.uint64(_cell(x[i], ax, sx))) | (
+            _spread16(np.uint64(_cell(y[i], ay, sy))) << np.uint64(1)
+        )
+        key[i] = (np.uint64(lv[i]) << np.uint64(32)) | m
+        h[i] = _content(idx[i], xb[i], yb[i], np.int64(codes[i]), s)
+
+
+def range_keys(
+    x: np.ndarray,
+    y: np.ndarray,
+    lv: np.ndarray,
+    codes: np.ndarray,
+    idx: np.ndarray,
+    lo: tuple[float, float],
+    hi: tuple[float, float],
+    seed: int,
+    key: np.ndarray,
+    h: np.ndarray,
+) -> None:
+    """The spatial keys and content hashes of rows, computed again from their columns into
+    ``key`` (uint64) and ``h`` (uint32): what ``point_state`` and ``split_keys`` gave the
+    same points (one pass over a range's own rows, in cache, where gathering the keys and
+    hashes with the rows costs two more random reads a row)."""
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    y = np.ascontiguousarray(y, dtype=np.float64)
+    _range_keys(
+        x,
+        y,
+        np.ascontiguousarray(lv),
+        np.ascontiguousarray(codes),
+        np.ascontiguousarray(idx).view(np.uint64),
+        float(lo[0]),
+        _scale_of(lo[0], hi[0]),
+        float(lo[1]),
+        _scale_of(lo[1], hi[1]),
+        np.uint64(seed & (2**64 - 1)),
+        key,
+        h,
+    )
 
 
 def point_state(
@@ -160,8 +224,8 @@ def point_state(
     content hash of every point (``idx``: its index value or index hash, as uint64)."""
     x = np.ascontiguousarray(x, dtype=np.float64)
     y = np.ascontiguousarray(y, dtype=np.float64)
-    ix = _quantize(x, float(lo[0]), float(hi[0] - lo[0]))
-    iy = _quantize(y, float(lo[1]), float(hi[1] - lo[1]))
+    ix = _quantize(x, float(lo[0]), _scale_of(lo[0], hi[0]))
+    iy = _quantize(y, float(lo[1]), _scale_of(lo[1], hi[1]))
     codes = np.ascontiguousarray(codes)
     h = _hash(
         x,

@@ -114,6 +114,7 @@ from spatialflow.kernels.morton import (
     permute_units,
     point_state,
     pool_counts,
+    range_keys,
     route_rows,
     sort_units,
     sparse_bins,
@@ -284,28 +285,57 @@ def _piece(split: dict, order: str, r: int) -> Piece | None:
     return split.get((order, r))
 
 
-def _assemble(layout: Layout, order: str, buffers: RangeBuffers, *pieces: Piece | None) -> pa.Table:
+def _assemble(
+    layout: Layout, order: str, buffers: RangeBuffers, rekey: tuple | None, *pieces: Piece | None
+) -> pa.Table:
     try:
-        return _assembled(layout, order, buffers, [p for p in pieces if p is not None])
+        return _assembled(layout, order, buffers, rekey, [p for p in pieces if p is not None])
     finally:
         buffers.done()
 
 
-def _assembled(layout: Layout, order: str, buffers: RangeBuffers, got: list[Piece]) -> pa.Table:
+def _rekey(layout: Layout, fk: str | None, lo: tuple, hi: tuple, seed: int) -> tuple | None:
+    """How a spatial-first range computes its rows' keys and hashes again from its own
+    columns (``range_keys``), or None when they could differ from those of the first pass:
+    only for input read straight from parquet (``read_state``, whose feature codes are the
+    column's own), with float coordinates and an integer index."""
+    names, kinds, dtypes = layout.names, layout.kinds, layout.dtypes
+    at = {n: i for i, n in enumerate(names[:-1])}
+    if "x" not in at or "y" not in at or (fk and (fk not in at or kinds[at[fk]] != "cat")):
+        return None
+    if any(kinds[at[c]] != "num" or dtypes[at[c]].kind != "f" for c in ("x", "y")):
+        return None
+    if kinds[-1] != "num" or dtypes[-1].kind not in "iu":
+        return None
+    return (at["x"], at["y"], at[LEVEL], at[fk] if fk else -1, lo, hi, seed)
+
+
+def _assembled(
+    layout: Layout, order: str, buffers: RangeBuffers, rekey: tuple | None, got: list[Piece]
+) -> pa.Table:
     """One range of copy ``order``, as Arrow: its pieces' rows joined unit by unit
     (``concat_units``: each unit's rows in input order, one gather straight from the inputs).
     Feature-first: as they are (a unit is one row group of whole (feature, level) cells, so an
     order within it would change none of its statistics). Spatial-first: each unit sorted
     alone (``sort_units``: stable, by key, then hash) and its columns permuted in place.
-    Numeric columns are written into ``buffers`` (memory of ranges already written)."""
+    Numeric columns are written into ``buffers`` (memory of ranges already written); with
+    ``rekey`` (``_rekey``) the sort keys and hashes are computed again from the joined
+    columns rather than gathered with them."""
     if not got:
         return layout.schema.empty_table()
     if order == "f":
         return layout.table(concat_units(got, buffers))
-    # the sort keys and hashes joined as two more columns
-    *cols, key, h = concat_units(
-        [Piece([*p.cols, p.key, p.h], p.rows, p.key, p.h, p.units) for p in got], buffers
-    )
+    if rekey is None:  # the sort keys and hashes joined as two more columns
+        *cols, key, h = concat_units(
+            [Piece([*p.cols, p.key, p.h], p.rows, p.key, p.h, p.units) for p in got], buffers
+        )
+    else:
+        cols = concat_units(got, buffers)
+        x, y, lv, code, lo, hi, seed = rekey
+        n = len(cols[x])
+        key, h = buffers.take(n, np.uint64), buffers.take(n, np.uint32)
+        codes = cols[code] if code >= 0 else np.zeros(n, np.int16)
+        range_keys(cols[x], cols[y], cols[lv], codes, cols[-1], lo, hi, seed, key, h)
     bounds = unit_bounds(np.stack([p.units for p in got]))
     perm = sort_units(bounds, key, h)
     del key, h
@@ -397,9 +427,15 @@ def _ranges(rows: np.ndarray) -> np.ndarray:
 
 
 def _shuffle(
-    parts: list[Any], copies: dict[str, tuple], meta: pd.DataFrame, layout: Layout, args: tuple
+    parts: list[Any],
+    copies: dict[str, tuple],
+    meta: pd.DataFrame,
+    layout: Layout,
+    args: tuple,
+    rekey: tuple | None = None,
 ) -> dict[str, Any]:
-    """The lazy ranges and unit partitions of each copy, and the batches of ranges."""
+    """The lazy ranges and unit partitions of each copy, and the batches of ranges
+    (``rekey``: see ``_rekey``)."""
     order_name = {"s": "spatial", "f": "by_feature"}
     plans = {}
     for order, (starts, rows) in copies.items():
@@ -429,7 +465,7 @@ def _shuffle(
                 wanted[order] = (starts[firsts[a] : firsts[b] + 1], firsts[a : b + 1], a)
         splits = [dask.delayed(_split)(p, *args[:5], layout, wanted) for p in parts]
         for (order, r), assembled in zip(
-            batch, _assemble_layer(splits, batch, layout, buffers), strict=True
+            batch, _assemble_layer(splits, batch, layout, buffers, rekey), strict=True
         ):
             ranges[order][r] = assembled
     out: dict[str, Any] = {"batches": [[(order_name[o], r) for o, r in batch] for batch in batches]}
@@ -440,7 +476,11 @@ def _shuffle(
 
 
 def _assemble_layer(
-    splits: list[Any], batch: list[tuple[str, int]], layout: Layout, buffers: RangeBuffers
+    splits: list[Any],
+    batch: list[tuple[str, int]],
+    layout: Layout,
+    buffers: RangeBuffers,
+    rekey: tuple | None,
 ) -> list[Any]:
     """The lazy range frames of a batch: one piece task per (input, range), one assemble
     task per range, written as one graph layer (``dask.delayed`` costs ~80 us a call, and
@@ -456,7 +496,7 @@ def _assemble_layer(
             key = (f"{name}-piece", order, r, i)
             layer[key] = (_piece, split.key, order, r)
             pieces.append(key)
-        layer[(name, order, r)] = (_assemble, layout, order, buffers, *pieces)
+        layer[(name, order, r)] = (_assemble, layout, order, buffers, rekey, *pieces)
     graph = HighLevelGraph.from_collections(name, layer, dependencies=splits)
     return [Delayed((name, order, r), graph, layer=name) for order, r in batch]
 
@@ -561,7 +601,8 @@ def build_index(el: Points, *, limit: int, seed: int, row_group_rows: int, name:
         f_starts, f_info = feature_cuts(by_feature, row_group_rows)
         info = np.array(f_info, dtype=np.int64).reshape(-1, 5)
         copies["f"] = (f_starts.astype(np.uint64), info[:, 4])
-    built = _shuffle(parts, copies, meta, layout, (lo, hi, seed, fk, probs))
+    rekey = _rekey(layout, fk, lo, hi, seed) if source is not None else None
+    built = _shuffle(parts, copies, meta, layout, (lo, hi, seed, fk, probs), rekey)
     data, s_ranges, s_range_units = built["s"]
     levels_desc = []
     total = by_feature.sum(axis=1)
