@@ -89,15 +89,22 @@ def _codes(el: Points, genes: Sequence[Any] | None) -> np.ndarray | None:
             f"viewport_query: points {el.name!r} have no feature column, so genes= cannot "
             "select anything; drop genes="
         )
-    cats = list(el.feature_categories)
-    lookup = {c: i for i, c in enumerate(cats)}
-    unknown = [g for g in genes if g not in lookup]
+    # the meta's categories: one Index, whose hash table pandas keeps between queries
+    # (listing the categories and building a dict cost ~1.7 ms a query at 1,000 genes)
+    cats = el.data._meta[el.feature_key].cat.categories
+    genes = list(genes)
+    try:
+        found = cats.get_indexer(genes)
+    except (TypeError, ValueError):  # names of another kind than the categories'
+        found = np.full(len(genes), -1)
+    unknown = [g for g, at in zip(genes, found, strict=True) if at < 0]
     if unknown:
         raise QueryError(
             f"viewport_query: unknown gene(s) {unknown[:5]} in points {el.name!r} (feature "
-            f"{el.feature_key!r} has {len(cats)} categories, e.g. {cats[:5]}); check the names"
+            f"{el.feature_key!r} has {len(cats)} categories, e.g. {list(cats[:5])}); check "
+            "the names"
         )
-    return np.unique(np.array([lookup[g] for g in genes], dtype=np.int64))
+    return np.unique(np.asarray(found, dtype=np.int64))
 
 
 def _box(min_coordinate: Any, max_coordinate: Any) -> tuple[float, float, float, float]:
