@@ -315,7 +315,9 @@ def main() -> None:
     gene_rows = int(index.feature_counts[:, 7].sum())  # gene0007
     for q, (level, bname, genes) in cases.items():
         b = box[bname]
-        row = {"index": measure(index_query(level, b, genes))}
+        # the index's queries take milliseconds: 15 runs make a median a stray garbage
+        # collection or page-cache miss does not move (the peers' take 0.1-10 s: 3, or 1)
+        row = {"index": measure(index_query(level, b, genes), reps=15)}
         row["parquet"] = measure(parquet_query(b, genes))
         if bname != "all":
             row["spatialdata"] = measure(spatialdata_query(b, genes), reps=1)
