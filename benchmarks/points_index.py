@@ -5,7 +5,7 @@
                                              [--workdir DIR] [--build-reps N]
 
 ``--scale 10`` is the 10^8-point case: the index is built in batches of at most 48M rows
-(plan/points_index.py ``BATCH_ROWS``) from the input's columns kept in memory when they fit
+(plan/index_shuffle.py ``BATCH_ROWS``) from the input's columns kept in memory when they fit
 half of it (``KEEP_FRACTION``), so the build stays within a few GB (about 1.35 GB above the
 start at 10^7, a peak of ~5.8 GB at 10^8 on this machine); the largest allocations are this
 script's own synthetic frame (~2 GB at 10^8, deleted once spatialdata has written it) and its

@@ -159,10 +159,11 @@ def test_same_output_for_one_and_seven_partitions(source, indexed):
 def test_ranges_and_batches_do_not_change_the_output(source, indexed, tmp_path, monkeypatch):
     """Small ranges and batches (as at 10^8 points), and sparse histograms: the same rows,
     written batch by batch."""
+    import spatialflow.plan.index_shuffle as shuffle
     import spatialflow.plan.points_index as build
 
-    monkeypatch.setattr(build, "RANGE_ROWS", 3_000)
-    monkeypatch.setattr(build, "BATCH_ROWS", 20_000)
+    monkeypatch.setattr(shuffle, "RANGE_ROWS", 3_000)
+    monkeypatch.setattr(shuffle, "BATCH_ROWS", 20_000)
     monkeypatch.setattr(build, "DENSE_BINS", 0)  # the sorted sparse histograms instead
     el = sf.index_points(_dataset(source, 3), "tx", limit=LIMIT, seed=3, row_group_rows=2_000)
     assert len(el.index.batches) >= 4 and len(el.index.spatial.ranges) >= 10
@@ -195,10 +196,11 @@ def test_kept_input_in_many_batches_and_input_read_again(source, indexed, tmp_pa
     """A stored input kept in memory is split batch after batch from the kept columns; one
     too large for the memory budget is read again for every batch: the same rows either way."""
     import spatialflow.plan.index_columns as columns
+    import spatialflow.plan.index_shuffle as shuffle
     import spatialflow.plan.points_index as build
 
     _dataset(source, 4).write(tmp_path / "in.zarr")
-    monkeypatch.setattr(build, "BATCH_ROWS", 20_000)
+    monkeypatch.setattr(shuffle, "BATCH_ROWS", 20_000)
     reads = []
     read_state = columns.read_state
     monkeypatch.setattr(build, "read_state", lambda *a: reads.append(a[1]) or read_state(*a))
@@ -484,7 +486,7 @@ def test_spatial_first_range_sorts_each_unit_by_key_hash_then_input_order():
     import pyarrow as pa
 
     from spatialflow.plan.index_columns import Layout, Piece, RangeBuffers
-    from spatialflow.plan.points_index import _assemble
+    from spatialflow.plan.index_shuffle import _assemble
 
     rng = np.random.default_rng(1)
     meta = pd.DataFrame(

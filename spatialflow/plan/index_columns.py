@@ -7,7 +7,7 @@ Decisions:
   groups): numpy arrays for numpy-typed columns and the index, the codes of categorical
   columns (their categories are the element's, known on the client), and Arrow arrays for
   anything else (strings, nullable extension types). Pieces and ranges move numeric arrays
-  with numba gathers (kernels/morton.py ``gather``) that release the GIL, so the threaded
+  with numba gathers (kernels/rows.py ``gather``) that release the GIL, so the threaded
   scheduler runs them on both cores; ``np.take`` holds it, and pandas' ``take`` and
   ``concat`` cost about twice as much here (block managers, category checks).
 * **Pieces by reference.** A piece (``Piece``) names rows of its input's columns; the range
@@ -42,12 +42,8 @@ import pyarrow as pa
 
 from spatialflow.elements.points import Points
 from spatialflow.elements.points_index import LEVEL
-from spatialflow.kernels.morton import (
-    gather,
-    gather_units,
-    point_state,
-    unit_destinations,
-)
+from spatialflow.kernels.morton import point_state
+from spatialflow.kernels.rows import gather, gather_units, unit_destinations
 
 __all__ = [
     "NULL_INDEX",
