@@ -70,8 +70,6 @@ from spatialflow.plan.index_columns import (
 __all__ = ["BATCH_ROWS", "RANGE_ROWS", "rekey_of", "shuffle", "slim_state"]
 
 RANGE_ROWS = 1 << 21  # rows of one range: one sort task, one parquet file
-
-
 BATCH_ROWS = 48 << 20  # rows (both copies) split from the input at once
 
 
@@ -89,6 +87,7 @@ def _codes(df: pd.DataFrame, feature_key: str | None) -> np.ndarray:
 
 
 def slim_state(df: pd.DataFrame, lo: tuple, hi: tuple, seed: int, fk: str | None) -> tuple:
+    """Quantized x and y, content hash and feature codes of a partition read as a frame."""
     codes = _codes(df, fk)
     ix, iy, h = point_state(
         df["x"].to_numpy(), df["y"].to_numpy(), codes, _index_values(df.index), lo, hi, seed
