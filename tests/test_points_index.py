@@ -483,6 +483,8 @@ def test_spatial_first_range_sorts_each_unit_by_key_hash_then_input_order():
     ordered by (key, hash, input position) whatever its size (runs of equal keys longer and
     shorter than the insertion-sort cut), numeric columns permuted in place and Arrow
     columns taken in the same order."""
+    import gc
+
     import pyarrow as pa
 
     from spatialflow.plan.index_columns import Layout, Piece, RangeBuffers
@@ -528,6 +530,7 @@ def test_spatial_first_range_sorts_each_unit_by_key_hash_then_input_order():
     # three rounds through one pool: the second while the first table is alive (its
     # buffers are not handed out), the third after it is gone (they are, holding the first
     # table's rows, which the permutation in place must not mix in)
+    check(_assemble(layout, "s", RangeBuffers(0), None, *pieces))  # compiled, no pool
     buffers = RangeBuffers(3)
     first = _assemble(layout, "s", buffers, None, *pieces)
     address = first.column("x").chunk(0).buffers()[1].address
@@ -535,6 +538,7 @@ def test_spatial_first_range_sorts_each_unit_by_key_hash_then_input_order():
     assert second.column("x").chunk(0).buffers()[1].address != address
     check(first)
     del first
+    gc.collect()  # nothing but the pool may hold the first table's buffers now
     third = _assemble(layout, "s", buffers, None, *pieces)
     assert third.column("x").chunk(0).buffers()[1].address == address
     check(second)
