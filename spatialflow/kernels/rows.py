@@ -13,8 +13,8 @@ Decisions:
   cache, half the cost again) and permutes its columns in place, unit by unit
   (``permute_units``: no second array of the range).
 * Columns move through ``gather`` and ``gather_units`` (``np.take`` holds the GIL); a unit
-  gather indexes each unit through slices that start at 0 (numba cannot prove a signed
-  sum non-negative, and the bounds-checked form was 2.6x slower).
+  gather indexes each unit through slices that start at 0 (indexing by a signed sum, which
+  numba cannot prove non-negative, was 2.6x slower).
 
 Pure numpy/numba: no Dask, no I/O.
 """
