@@ -217,6 +217,14 @@ def test_feature_column_not_categorical(store):
     _raises(store, r"points/transcripts", "gene", "categorical")
 
 
+def test_a_part_without_the_feature_column(store):
+    """The categories of a store spatialdata wrote are learnt from every part: one part
+    without the dictionary column the first part has is a FormatError naming that part."""
+    part = store / "points" / "transcripts" / "points.parquet" / "part.1.parquet"
+    _rewrite_part(part, lambda t: t.drop_columns(["gene"]))
+    _raises(store, re.escape(str(part)), "no column 'gene'", "write the element again")
+
+
 def test_missing_parquet_directory(store):
     shutil.rmtree(store / "points" / "transcripts" / "points.parquet")
     _raises(store, r"points/transcripts", "parquet directory .* is missing")

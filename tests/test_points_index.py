@@ -597,8 +597,8 @@ def test_range_buffers_are_reused_only_when_nothing_holds_them():
 def test_range_keys_equal_the_first_pass_keys_and_hashes():
     """A spatial-first range computes its rows' keys and hashes again from their columns
     (``range_keys``): they must be the first pass's (``point_state``, ``split_keys``) for
-    float64 and float32 coordinates, values on and past the extent's edges, and an extent
-    of zero height."""
+    float64 and float32 coordinates, values on and past the extent's edges or NaN, an
+    extent of zero height, and int64 and int32 indexes."""
     from spatialflow.kernels.morton import point_state, range_keys, split_keys
 
     rng = np.random.default_rng(4)
@@ -611,14 +611,20 @@ def test_range_keys_equal_the_first_pass_keys_and_hashes():
         y = rng.uniform(lo[1] - 1, hi[1] + 1, n).astype(dtype)
         x[:10], y[:10] = lo[0], hi[1]  # on the edges
         codes = rng.integers(-1, 900, n).astype(np.int16)
-        idx = rng.integers(0, 2**40, n).astype(np.int64)
+        x[10:20] = np.nan  # no cell of its own: cell 0, in both
         lv = rng.integers(0, 9, n).astype(np.int8)
-        ix, iy, h = point_state(x, y, codes, idx.view(np.uint64), lo, hi, 11)
-        lv8, skey, _ = split_keys(ix, iy, lv, codes)
-        key, h2 = np.empty(n, np.uint64), np.empty(n, np.uint32)
-        range_keys(x, y, lv8, codes, idx, lo, hi, 11, key, h2)
-        np.testing.assert_array_equal(key, skey)
-        np.testing.assert_array_equal(h2, h)
+        for idx in (  # any integer index, as read_state hashes it (int64 bits)
+            rng.integers(0, 2**40, n).astype(np.int64),
+            rng.integers(-(2**31), 2**31, n - 1).astype(np.int32),  # odd length, 4 bytes
+        ):
+            m = len(idx)
+            key64 = idx.astype(np.int64).view(np.uint64)
+            ix, iy, h = point_state(x[:m], y[:m], codes[:m], key64, lo, hi, 11)
+            lv8, skey, _ = split_keys(ix, iy, lv[:m], codes[:m])
+            key, h2 = np.empty(m, np.uint64), np.empty(m, np.uint32)
+            range_keys(x[:m], y[:m], lv8, codes[:m], idx, lo, hi, 11, key, h2)
+            np.testing.assert_array_equal(key, skey)
+            np.testing.assert_array_equal(h2, h)
 
 
 def test_point_state_hash_does_not_depend_on_the_codes_dtype():

@@ -467,6 +467,11 @@ def _part_dictionaries(fs: Any, path: str, columns: list[str]) -> dict[str, list
     table = _read_table(fs, path, columns)
     out = {}
     for c in columns:
+        if c not in table.column_names:
+            raise FormatError(
+                f"{path}: no column {c!r}, which the element's first part has; write the "
+                "element again so that every part has the same columns"
+            )
         seen: dict[Any, None] = {}
         last = None
         for chunk in table.column(c).chunks:  # dask writes one dictionary into every chunk

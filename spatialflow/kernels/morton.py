@@ -27,7 +27,7 @@ Decisions:
   ordered by level, then along a Z-curve at full resolution (which, for square cells, also
   orders by the cell of every coarser level). The feature-first key is
   ``(code * MAX_LEVELS + level) << 32 | morton(ix, iy)``. Ties are broken by the content hash,
-  then by input order (kernels/rows.py ``sort_order``, which also moves the rows).
+  then by input order (kernels/rows.py ``sort_units``).
 * Every per-point kernel is one numba loop over numpy arrays that releases the GIL (``nogil``),
   so a threaded scheduler runs them on all cores; counts are dense arrays when the grid is
   small (at most 2**22 cells) and sorted sparse keys otherwise. A range can compute its
@@ -118,10 +118,10 @@ def _scale_of(a: float, b: float) -> float:
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def _cell(v: float, a: float, scale: float) -> np.uint16:
-    if scale == 0.0:
-        return np.uint16(0)
     q = np.floor((v - a) * scale)
-    return np.uint16(min(max(q, 0.0), float((1 << BITS) - 1)))
+    if scale == 0.0 or not q >= 0.0:  # an empty extent, below it, or NaN: cell 0
+        return np.uint16(0)
+    return np.uint16(min(q, float((1 << BITS) - 1)))
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -190,7 +190,7 @@ def range_keys(
         y,
         np.ascontiguousarray(lv),
         np.ascontiguousarray(codes),
-        np.ascontiguousarray(idx).view(np.uint64),
+        np.ascontiguousarray(idx).astype(np.int64, copy=False).view(np.uint64),
         float(lo[0]),
         _scale_of(lo[0], hi[0]),
         float(lo[1]),

@@ -5,13 +5,12 @@ Decisions:
 
 * Rows are routed to their range by a lookup table of at most 2**16 cells over the key's
   high bits, then a step over the few range starts inside a cell (``route_rows``: a binary
-  search per row cost ten times more), and grouped by a stable counting sort
-  (``group_rows``).
-* Keys are sorted by a stable LSD radix sort over the bits in which they differ (about
-  twice numpy's stable sort), ties broken by the content hash, then input order
-  (``sort_order``). A range joined unit by unit sorts each unit alone (``sort_units``: in
-  cache, half the cost again) and permutes its columns in place, unit by unit
-  (``permute_units``: no second array of the range).
+  search per row cost ten times more), grouped by range in a stable counting sort.
+* A range joined unit by unit sorts each unit alone (``sort_units``: in cache, half the
+  cost of sorting the range): a stable LSD radix sort over the bits in which the unit's
+  keys differ (about twice numpy's stable sort), ties broken by the content hash, then
+  input order; then it permutes its columns in place, unit by unit (``permute_units``: no
+  second array of the range).
 * Columns move through ``gather`` and ``gather_units`` (``np.take`` holds the GIL); a unit
   gather indexes each unit through slices that start at 0 (indexing by a signed sum, which
   numba cannot prove non-negative, was 2.6x slower).
@@ -27,33 +26,13 @@ import numpy as np
 __all__ = [
     "gather",
     "gather_units",
-    "group_rows",
     "permute_units",
     "route_rows",
-    "sort_order",
     "sort_units",
     "unit_bounds",
     "unit_destinations",
     "unit_positions",
 ]
-
-
-@numba.njit(cache=True, nogil=True)
-def _group(ids, n_groups):  # type: ignore[no-untyped-def]
-    counts = np.zeros(n_groups + 1, dtype=np.int64)
-    for i in range(ids.size):
-        g = ids[i]
-        if 0 <= g < n_groups:
-            counts[g + 1] += 1
-    offsets = np.cumsum(counts)
-    pos = offsets[:-1].copy()
-    perm = np.empty(offsets[-1], dtype=np.int64)
-    for i in range(ids.size):
-        g = ids[i]
-        if 0 <= g < n_groups:
-            perm[pos[g]] = i
-            pos[g] += 1
-    return perm, offsets
 
 
 @numba.njit(cache=True, nogil=True)
@@ -91,9 +70,10 @@ def route_rows(
     key: np.ndarray, shift: int, starts: np.ndarray, a: int, b: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Rows grouped by range ``a..b-1`` (a range is the last of ``starts`` <= key >> shift),
-    as ``group_rows`` returns them (positions as int32); rows of other ranges are left out. The range of a key is
-    looked up in a table of at most 2**16 cells, then stepped over the few starts inside its
-    cell (a binary search per row costs ten times more)."""
+    as a stable counting sort gives them: positions (int32), and where each range's rows
+    start; rows of other ranges are left out. The range of a key is looked up in a table
+    of at most 2**16 cells, then stepped over the few starts inside its cell (a binary
+    search per row costs ten times more)."""
     starts = np.ascontiguousarray(starts, dtype=np.uint64)
     top = int(key.max() >> np.uint64(shift)) if key.size else 0
     top = max(top, int(starts[-1]) if starts.size else 0)
@@ -101,12 +81,6 @@ def route_rows(
     cells = np.arange((top >> t) + 1, dtype=np.uint64) << np.uint64(t)
     lut = (np.searchsorted(starts, cells, side="right") - 1).astype(np.int64)
     return _route(key, int(shift), starts, lut, t, int(a), int(b))
-
-
-def group_rows(ids: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
-    """A stable counting sort: rows of group ``g`` are ``perm[offsets[g]:offsets[g + 1]]``
-    (rows with ids outside 0..n_groups-1 are left out)."""
-    return _group(np.ascontiguousarray(ids, dtype=np.int64), int(n_groups))
 
 
 @numba.njit(cache=True, nogil=True)
@@ -168,18 +142,6 @@ def _radix(key, lo, n_bits):  # type: ignore[no-untyped-def]
         order, tmp_o = tmp_o, order
         rel, tmp_k = tmp_k, rel
     return order, rel
-
-
-def sort_order(key: np.ndarray, h: np.ndarray) -> np.ndarray:
-    """The permutation ordering rows by (key, hash, position): a stable radix sort over the
-    bits in which the keys differ, then runs of equal keys ordered by hash."""
-    key = np.ascontiguousarray(key, dtype=np.uint64)
-    if key.size == 0:
-        return np.zeros(0, dtype=np.int64)
-    lo, hi = key.min(), key.max()
-    n_bits = int(hi - lo).bit_length()
-    order, sorted_key = _radix(key, lo, n_bits)
-    return _ties(order, sorted_key, h)
 
 
 @numba.njit(cache=True, nogil=True)

@@ -192,7 +192,9 @@ def read_state(
         codes = cols[at]
     else:
         codes = np.asarray(got[fk], dtype=np.int32) if fk else np.zeros(len(idx), np.int16)
-    x, y = got["x"], got["y"]
+    # the columns as kept (in the element's dtypes), so ranges that compute keys and hashes
+    # again from them (plan/index_shuffle.py ``rekey_of``) get these very values
+    x, y = cols[layout.names.index("x")], cols[layout.names.index("y")]
     key = idx.astype(np.int64, copy=False).view(np.uint64)  # an int64 index: no copy
     ix, iy, h = point_state(x, y, codes, key, lo, hi, seed)
     small = codes.size == 0 or codes.max() < 2**15
@@ -274,6 +276,23 @@ def table_frame(table: pa.Table) -> pd.DataFrame:
     return df
 
 
+def _idle_refs() -> int | None:
+    """What ``sys.getrefcount`` says of a kept buffer nothing else holds, counted in the
+    very loop ``RangeBuffers.take`` runs (the list's reference, the loop variable's and the
+    call's argument, as this interpreter counts them: 3 on CPython 3.12, fewer where local
+    loads are borrowed). None, so nothing is ever reused, where reference counts do not
+    tell (a free-threaded build, another interpreter)."""
+    if sys.implementation.name != "cpython" or not getattr(sys, "_is_gil_enabled", lambda: True)():
+        return None
+    probe = [np.empty(1)]
+    for buf in probe:
+        return sys.getrefcount(buf)
+    return None  # pragma: no cover - the list is not empty
+
+
+_IDLE_REFS = _idle_refs()
+
+
 class RangeBuffers:
     """Numeric buffers of one build's ranges, handed out again once nothing else holds them.
 
@@ -299,13 +318,12 @@ class RangeBuffers:
 
     def take(self, n: int, dtype: Any) -> np.ndarray:
         dtype = np.dtype(dtype)
-        if self._ranges <= 0:
+        if self._ranges <= 0 or _IDLE_REFS is None:
             return np.empty(n, dtype=dtype)
         with self._lock:
             for buf in self._kept:
-                # references: the list, ``buf`` and getrefcount's argument; any more are users
                 fits = n <= buf.size <= 2 * n + self._SLACK  # a smaller request: a new one
-                if fits and buf.dtype == dtype and sys.getrefcount(buf) == 3:
+                if fits and buf.dtype == dtype and sys.getrefcount(buf) == _IDLE_REFS:
                     return buf[:n]
             buf = np.empty(n + (-n % self._SLACK), dtype=dtype)
             self._kept.append(buf)

@@ -44,7 +44,8 @@ Decisions (the algorithm itself is described in kernels/morton.py):
   (~0.3 ms when reused), which is why the shuffle copies rows as few times as it can
   (scattering columns straight to their sorted places instead of gathering them twice was
   tried: slower, 1.50 -> 1.84 s). Arrow's default (mimalloc) pool in threaded parquet reads was ~0.7 s of
-  that system time where jemalloc takes ~0.2 s; it is process-wide, so left as it is.
+  that system time where jemalloc takes ~0.2 s (reads are now single-threaded per task
+  and take the system allocator through their own reader, io/columns.py).
 * Where a 10^7-point build's CPU went at 2^21 (task busy times). It was ~3.5 CPU s (~1.9 s
   wall, ~3.9x spatialdata's 0.5 s write): ~1.3 s assembling ranges, the feature-first
   gathers ~0.45 of it (``gather_units`` indexed by a signed sum numba cannot prove
