@@ -142,7 +142,8 @@ def test_same_output_for_one_and_seven_partitions(source, indexed):
     pd.testing.assert_frame_equal(el1.data.compute(), table7)
     assert el1.index.description == ds7.points["tx"].index.description
     np.testing.assert_array_equal(el1.index.spatial.rows, ds7.points["tx"].index.spatial.rows)
-    # the feature-first copy too: each unit (whole (feature, level) cells) in input order
+    # the feature-first copy too: each unit (whole (feature, level) cells) in level order,
+    # then input order
     f1 = el1.index.by_feature.data.to_delayed()
     f7 = ds7.points["tx"].index.by_feature.data.to_delayed()
     assert len(f1) == len(f7) > 1
@@ -150,7 +151,9 @@ def test_same_output_for_one_and_seven_partitions(source, indexed):
     position = pd.Series(np.arange(len(rows)), index=rows)
     for u1, u7 in zip(dask.compute(*f1), dask.compute(*f7), strict=True):
         pd.testing.assert_frame_equal(u1, u7)
-        assert len(u1) and position[u1.index].is_monotonic_increasing
+        order = pd.DataFrame({"level": u1["level"].to_numpy(), "at": position[u1.index]})
+        assert len(u1) and order.equals(order.sort_values(["level", "at"]))
+    assert any(f["level"].nunique() > 1 for f in dask.compute(*f1))  # some hold several
     # another seed draws other levels
     el2 = sf.index_points(_dataset(source, 3), "tx", limit=LIMIT, seed=4, row_group_rows=2_000)
     assert not el2.data.compute()["level"].sort_index().equals(table7["level"].sort_index())
@@ -543,6 +546,48 @@ def test_spatial_first_range_sorts_each_unit_by_key_hash_then_input_order():
     assert third.column("x").chunk(0).buffers()[1].address == address
     check(second)
     check(third)
+
+
+def test_feature_first_range_orders_units_of_several_levels_by_level():
+    """``_assemble`` of a feature-first range: each unit's rows joined piece by piece in
+    input order, then a unit holding several levels ordered by level, stably (numeric
+    columns permuted in place, Arrow ones taken), units of one level left as joined."""
+    import pyarrow as pa
+
+    from spatialflow.plan.index_columns import Layout, Piece, RangeBuffers
+    from spatialflow.plan.index_shuffle import _assemble
+
+    rng = np.random.default_rng(2)
+    meta = pd.DataFrame(
+        {"x": np.array([], float), "name": pd.Series([], dtype=pd.ArrowDtype(pa.string()))}
+    ).assign(level=np.array([], np.uint8))
+    layout = Layout.of(meta)
+    n_units, pieces, expected = 3, [], {u: [] for u in range(3)}
+    for p in range(3):
+        n = 300
+        unit = np.arange(n) // 100
+        lv = np.where(unit == 1, 4, rng.integers(0, 4, n)).astype(np.uint8)  # unit 1: one level
+        x = rng.normal(size=n)
+        name = pa.array([f"p{p}r{i}" for i in range(n)])
+        index = np.arange(n, dtype=np.int64) + 1000 * p
+        rows = rng.permutation(n)[:200].astype(np.int32)
+        rows = np.concatenate([np.sort(rows[unit[rows] == u]) for u in range(n_units)])
+        units = np.searchsorted(unit[rows], np.arange(n_units + 1))
+        pieces.append(Piece([x, name, lv, index], rows, np.zeros(n, np.uint64), index, units))
+        for u in range(n_units):
+            for r in rows[units[u] : units[u + 1]]:
+                expected[u].append((int(lv[r]), len(expected[u]), x[r], f"p{p}r{r}", index[r]))
+    table = _assemble(layout, "f", RangeBuffers(1), None, *pieces)
+    want = [row for u in range(n_units) for row in sorted(expected[u], key=lambda t: t[:2])]
+    np.testing.assert_array_equal(table.column("level").to_numpy(), [w[0] for w in want])
+    np.testing.assert_array_equal(table.column("x").to_numpy(), [w[2] for w in want])
+    assert table.column("name").to_pylist() == [w[3] for w in want]
+    np.testing.assert_array_equal(
+        table.column("__null_dask_index__").to_numpy(), [w[4] for w in want]
+    )
+    assert [w[1] for w in want[len(expected[0]) :][: len(expected[1])]] == list(
+        range(len(expected[1]))
+    )  # the one-level unit as joined
 
 
 def test_range_buffers_are_reused_only_when_nothing_holds_them():

@@ -26,6 +26,7 @@ import numpy as np
 __all__ = [
     "gather",
     "gather_units",
+    "level_order",
     "permute_units",
     "route_rows",
     "sort_units",
@@ -236,9 +237,44 @@ def sort_units(bounds: np.ndarray, key: np.ndarray, h: np.ndarray) -> np.ndarray
 
 
 @numba.njit(cache=True, nogil=True)
-def _permute_units(col, perm, bounds, largest):  # type: ignore[no-untyped-def]
-    scratch = np.empty(largest, dtype=col.dtype)
+def _level_order(lv, bounds, perm):  # type: ignore[no-untyped-def]
+    moved = np.zeros(bounds.size - 1, dtype=np.bool_)
+    counts = np.zeros(257, dtype=np.int64)
     for u in range(bounds.size - 1):
+        s, e = bounds[u], bounds[u + 1]
+        for i in range(s + 1, e):
+            if lv[i] < lv[i - 1]:
+                moved[u] = True
+                break
+        if not moved[u]:
+            continue
+        counts[:] = 0  # a stable counting sort of the unit by level
+        for i in range(s, e):
+            counts[np.int64(lv[i]) + 1] += 1
+        for k in range(1, 257):
+            counts[k] += counts[k - 1]
+        for i in range(s, e):
+            level = np.int64(lv[i])
+            perm[s + counts[level]] = i - s
+            counts[level] += 1
+    return np.flatnonzero(moved)
+
+
+def level_order(lv: np.ndarray, bounds: np.ndarray, perm: np.ndarray) -> np.ndarray:
+    """The units not already in level order (unit ``u``: rows ``bounds[u]`` to
+    ``bounds[u + 1]``; ``lv`` uint8), and in ``perm`` (int32, one per row) each of their
+    own orders by level, then position, as ``sort_units`` gives orders; ``perm`` is left
+    as it was for the other units (a unit is only one row group's worth of rows, and most
+    hold one level)."""
+    return _level_order(
+        np.ascontiguousarray(lv), np.ascontiguousarray(bounds, dtype=np.int64), perm
+    )
+
+
+@numba.njit(cache=True, nogil=True)
+def _permute_units(col, perm, bounds, units, largest):  # type: ignore[no-untyped-def]
+    scratch = np.empty(largest, dtype=col.dtype)
+    for u in units:
         c = col[bounds[u] : bounds[u + 1]]
         p = perm[bounds[u] : bounds[u + 1]]
         m = c.size
@@ -248,16 +284,30 @@ def _permute_units(col, perm, bounds, largest):  # type: ignore[no-untyped-def]
     return col
 
 
-def permute_units(col: np.ndarray, perm: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+def permute_units(
+    col: np.ndarray, perm: np.ndarray, bounds: np.ndarray, units: np.ndarray | None = None
+) -> np.ndarray:
     """``col`` with each unit's rows put in the order ``perm`` of ``sort_units``, in place
     (one unit at a time through a small scratch that stays in cache, where a gather into a
-    new array would take as much memory again, never touched before)."""
+    new array would take as much memory again, never touched before); only ``units`` when
+    given."""
     bounds = np.ascontiguousarray(bounds, dtype=np.int64)
-    largest = int(np.diff(bounds).max()) if bounds.size > 1 else 0
-    return _permute_units(col, np.ascontiguousarray(perm), bounds, largest)
+    which = np.arange(bounds.size - 1) if units is None else np.asarray(units, dtype=np.int64)
+    sizes = np.diff(bounds)[which]
+    largest = int(sizes.max()) if sizes.size else 0
+    return _permute_units(col, np.ascontiguousarray(perm), bounds, which, largest)
 
 
-def unit_positions(perm: np.ndarray, bounds: np.ndarray) -> np.ndarray:
-    """The order of ``sort_units`` as positions in the whole range (for ``take``)."""
+def unit_positions(
+    perm: np.ndarray, bounds: np.ndarray, units: np.ndarray | None = None
+) -> np.ndarray:
+    """The order of ``sort_units`` as positions in the whole range (for ``take``); with
+    ``units``, only those units are reordered (``perm`` is not read for the others)."""
     starts = np.repeat(np.asarray(bounds[:-1], dtype=np.int64), np.diff(bounds))
-    return starts + perm
+    if units is None:
+        return starts + perm
+    positions = np.arange(starts.size, dtype=np.int64)
+    rows = np.concatenate([np.arange(bounds[u], bounds[u + 1]) for u in units] or [[]])
+    rows = rows.astype(np.int64)
+    positions[rows] = starts[rows] + perm[rows]
+    return positions

@@ -51,6 +51,7 @@ from spatialflow.kernels.morton import (
 )
 from spatialflow.kernels.rows import (
     gather,
+    level_order,
     permute_units,
     route_rows,
     sort_units,
@@ -178,16 +179,22 @@ def _assembled(
 ) -> pa.Table:
     """One range of copy ``order``, as Arrow: its pieces' rows joined unit by unit
     (``concat_units``: each unit's rows in input order, one gather straight from the inputs).
-    Feature-first: as they are (a unit is one row group of whole (feature, level) cells, so an
-    order within it would change none of its statistics). Spatial-first: each unit sorted
-    alone (``sort_units``: stable, by key, then hash) and its columns permuted in place.
-    Numeric columns are written into ``buffers`` (memory of ranges already written); with
-    ``rekey`` (``rekey_of``) the sort keys and hashes are computed again from the joined
-    columns rather than gathered with them."""
+    Feature-first: a unit holding several levels of its features ordered by level, stably
+    (``level_order``: a unit is one row group of whole (feature, level) cells, so no other
+    order would change its statistics, and a query of one feature then reads its rows in
+    level order and sorts nothing). Spatial-first: each unit sorted alone (``sort_units``:
+    stable, by key, then hash). Columns are permuted in place. Numeric columns are written
+    into ``buffers`` (memory of ranges already written); with ``rekey`` (``rekey_of``) the
+    sort keys and hashes are computed again from the joined columns rather than gathered
+    with them."""
     if not got:
         return layout.schema.empty_table()
+    bounds = unit_bounds(np.stack([p.units for p in got]))
     if order == "f":
-        return layout.table(concat_units(got, buffers))
+        cols = concat_units(got, buffers)
+        perm = buffers.take(len(cols[0]), np.int32)
+        moved = level_order(cols[layout.names.index(LEVEL)], bounds, perm)
+        return layout.table(_permuted(cols, perm, bounds, moved) if moved.size else cols)
     if rekey is None:  # the sort keys and hashes joined as two more columns
         *cols, key, h = concat_units(
             [Piece([*p.cols, p.key, p.h], p.rows, p.key, p.h, p.units) for p in got], buffers
@@ -199,18 +206,25 @@ def _assembled(
         key, h = buffers.take(n, np.uint64), buffers.take(n, np.uint32)
         codes = cols[code] if code >= 0 else np.zeros(n, np.int16)
         range_keys(cols[x], cols[y], cols[lv], codes, cols[-1], lo, hi, seed, key, h)
-    bounds = unit_bounds(np.stack([p.units for p in got]))
     perm = sort_units(bounds, key, h)
     del key, h
+    return layout.table(_permuted(cols, perm, bounds))
+
+
+def _permuted(
+    cols: list[Any], perm: np.ndarray, bounds: np.ndarray, units: np.ndarray | None = None
+) -> list[Any]:
+    """The columns with each unit's rows (only ``units``' when given) in the order ``perm``:
+    numeric ones in place, Arrow ones taken."""
     positions = None
     for j, col in enumerate(cols):
         if isinstance(col, np.ndarray) and col.dtype.kind in "biuf":
-            permute_units(col, perm, bounds)
-        else:  # an Arrow column: taken in the sorted order
+            permute_units(col, perm, bounds, units)
+        else:  # an Arrow column: taken in the new order
             if positions is None:
-                positions = unit_positions(perm, bounds)
+                positions = unit_positions(perm, bounds, units)
             cols[j] = take(col, positions)
-    return layout.table(cols)
+    return cols
 
 
 def _unit(table: pa.Table, a: int, b: int) -> pd.DataFrame:

@@ -215,8 +215,10 @@ class LazyViewport:
         if not parts:
             return meta
         out = pd.concat(parts) if len(parts) > 1 else parts[0]
-        if self.plan.copy == "by_feature":
-            out = out.iloc[np.argsort(out[LEVEL].to_numpy(), kind="stable")]
+        if self.plan.copy == "by_feature":  # units of one feature come in level order
+            lv = out[LEVEL].to_numpy()
+            if (lv[1:] < lv[:-1]).any():  # several features (or an older index): sort
+                out = out.iloc[np.argsort(lv, kind="stable")]
         return out
 
     def __repr__(self) -> str:
