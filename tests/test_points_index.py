@@ -481,6 +481,18 @@ def test_feature_first_join_keeps_input_order_for_every_column_kind():
     assert got_s.to_pylist() == [w[1] for w in want]
 
 
+def _range_layout():
+    """The layout of a range with a numeric, an Arrow (string) and the level column."""
+    import pyarrow as pa
+
+    from spatialflow.plan.index_columns import Layout
+
+    meta = pd.DataFrame(
+        {"x": np.array([], float), "name": pd.Series([], dtype=pd.ArrowDtype(pa.string()))}
+    )
+    return Layout.of(meta.assign(level=np.array([], np.uint8)))
+
+
 def test_spatial_first_range_sorts_each_unit_by_key_hash_then_input_order():
     """``_assemble`` of a spatial-first range: rows joined unit by unit, then each unit
     ordered by (key, hash, input position) whatever its size (runs of equal keys longer and
@@ -490,14 +502,11 @@ def test_spatial_first_range_sorts_each_unit_by_key_hash_then_input_order():
 
     import pyarrow as pa
 
-    from spatialflow.plan.index_columns import Layout, Piece, RangeBuffers
+    from spatialflow.plan.index_columns import Piece, RangeBuffers
     from spatialflow.plan.index_shuffle import _assemble
 
     rng = np.random.default_rng(1)
-    meta = pd.DataFrame(
-        {"x": np.array([], float), "name": pd.Series([], dtype=pd.ArrowDtype(pa.string()))}
-    ).assign(level=np.array([], np.uint8))
-    layout = Layout.of(meta)
+    layout = _range_layout()
     n_units, pieces, expected = 4, [], {u: [] for u in range(4)}
     for p in range(4):
         n = 400
@@ -554,14 +563,11 @@ def test_feature_first_range_orders_units_of_several_levels_by_level():
     columns permuted in place, Arrow ones taken), units of one level left as joined."""
     import pyarrow as pa
 
-    from spatialflow.plan.index_columns import Layout, Piece, RangeBuffers
+    from spatialflow.plan.index_columns import Piece, RangeBuffers
     from spatialflow.plan.index_shuffle import _assemble
 
     rng = np.random.default_rng(2)
-    meta = pd.DataFrame(
-        {"x": np.array([], float), "name": pd.Series([], dtype=pd.ArrowDtype(pa.string()))}
-    ).assign(level=np.array([], np.uint8))
-    layout = Layout.of(meta)
+    layout = _range_layout()
     n_units, pieces, expected = 3, [], {u: [] for u in range(3)}
     for p in range(3):
         n = 300
